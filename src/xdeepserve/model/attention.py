@@ -1,0 +1,218 @@
+"""Attention units over a paged KV cache: GQA (Qwen3 / Mixtral) and DeepSeek MLA.
+
+A batch is a flat list of tokens from several sequences (vLLM-style). Each sequence contributes
+``query_len`` new tokens whose keys are appended to its cache blocks; every new token attends to all of
+its sequence's cached tokens up to its own position. :class:`AttentionMetadata` carries the index
+tensors that describe this once per step; every attention layer reuses them.
+
+The cache of one layer is a tensor ``[num_slots, heads, width]`` (``num_slots = num_blocks *
+block_size``); a token's slot is ``block_table[pos // block_size] * block_size + pos % block_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import RMSNorm, RotaryEmbedding
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences attended together in one padded SDPA call.
+
+    Decodes (query_len == 1) and prefills are put in separate groups so a long prefill chunk does not
+    pad every decode's query to its length.
+    """
+
+    query_index: torch.Tensor  # [B, Qmax] flat token index of each (padded) query row
+    query_valid: torch.Tensor  # [B, Qmax] bool
+    key_slots: torch.Tensor  # [B, Kmax] cache slot of each (padded) key position
+    mask: torch.Tensor  # [B, 1, Qmax, Kmax] bool, True = attend
+    token_rows: torch.Tensor  # [n_tokens_in_group] flat token indices, in query_index's valid order
+    max_query_len: int
+
+
+@dataclass
+class AttentionMetadata:
+    positions: torch.Tensor  # [T] absolute position of every token
+    slot_mapping: torch.Tensor  # [T] cache slot the token's key/value is written to
+    groups: list[AttentionGroup]
+    num_tokens: int
+
+
+def build_group(
+    query_starts: list[int],
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_tables: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> AttentionGroup:
+    """Padded index tensors for one group.
+
+    ``seq_lens[i]`` is the context length of sequence i after this step (cached + new);
+    ``block_tables`` is ``[B, max_blocks]`` (CPU, long), padded with any valid block id.
+    """
+    b = len(query_lens)
+    q_max = max(query_lens)
+    k_max = max(seq_lens)
+    q_len = torch.tensor(query_lens)
+    s_len = torch.tensor(seq_lens)
+    q_start = torch.tensor(query_starts)
+    q_ar = torch.arange(q_max)
+    query_valid = q_ar[None, :] < q_len[:, None]
+    query_index = torch.where(query_valid, q_start[:, None] + q_ar[None, :], torch.zeros((), dtype=torch.long))
+    k_ar = torch.arange(k_max)
+    key_slots = block_tables[:, k_ar // block_size] * block_size + (k_ar % block_size)[None, :]
+    # query row r of sequence i sits at absolute position seq_len - query_len + r
+    q_pos = (s_len - q_len)[:, None] + q_ar[None, :]
+    mask = k_ar[None, None, :] <= q_pos[:, :, None]
+    # padded query rows attend to key 0 only, so softmax never sees an all-masked row (no NaN)
+    mask = torch.where(query_valid[:, :, None], mask, (k_ar == 0)[None, None, :])
+    token_rows = query_index[query_valid]
+    return AttentionGroup(
+        query_index=query_index.to(device),
+        query_valid=query_valid.to(device),
+        key_slots=key_slots.to(device),
+        mask=mask.unsqueeze(1).to(device),
+        token_rows=token_rows.to(device),
+        max_query_len=q_max,
+    )
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup, scale: float) -> torch.Tensor:
+    """q: [B, Qmax, H, D]; k, v: [B, Kmax, Hkv, D*]; returns [n_valid_tokens, H, Dv] in token_rows order."""
+    q = q.transpose(1, 2)
+    k = k.transpose(1, 2)
+    v = v.transpose(1, 2)
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
+    return out.transpose(1, 2)[group.query_valid]
+
+
+class GQAAttention(nn.Module):
+    """Grouped-query attention with RoPE and (Qwen3) per-head q/k RMSNorm.
+
+    Inputs: hidden ``[T, hidden]``, metadata, this layer's ``(k_cache, v_cache)`` each ``[slots, Hkv, D]``.
+    Output: ``[T, hidden]``. The new tokens' keys/values are written into the cache as a side effect.
+    """
+
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.rotary = rotary
+        self.scale = self.head_dim**-0.5
+
+    def forward(
+        self, hidden: torch.Tensor, meta: AttentionMetadata, kv_cache: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        t = hidden.shape[0]
+        q = self.q_proj(hidden).view(t, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = self.rotary(q, meta.positions)
+        k = self.rotary(k, meta.positions)
+        k_cache, v_cache = kv_cache
+        k_cache[meta.slot_mapping] = k.to(k_cache.dtype)
+        v_cache[meta.slot_mapping] = v.to(v_cache.dtype)
+        out = q.new_empty(t, self.num_heads, self.head_dim)
+        for g in meta.groups:
+            qg = q[g.query_index]
+            kg = k_cache[g.key_slots].to(q.dtype)
+            vg = v_cache[g.key_slots].to(q.dtype)
+            out[g.token_rows] = _sdpa(qg, kg, vg, g, self.scale)
+        return self.o_proj(out.view(t, -1))
+
+
+class MLAAttention(nn.Module):
+    """DeepSeek multi-head latent attention, with or without ``q_lora_rank``.
+
+    The cache holds one latent per token: the normalised compressed KV (``kv_lora_rank``) followed by the
+    rotary key (``qk_rope_head_dim``), shared by all heads — the memory saving MLA exists for. Prefill
+    groups decompress the latent through ``kv_b_proj``; decode groups use the absorbed form (queries
+    projected into latent space, attention over latents as multi-query attention), which reads only
+    the latents.
+    """
+
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.nope, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.kv_lora_rank = cfg.kv_lora_rank
+        self.q_lora_rank = cfg.q_lora_rank
+        qk = self.nope + self.rope_dim
+        h, bias = cfg.hidden_size, cfg.attention_bias
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(h, cfg.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, self.num_heads * qk, bias=False)
+        else:
+            self.q_proj = nn.Linear(h, self.num_heads * qk, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(h, cfg.kv_lora_rank + self.rope_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, self.num_heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.v_dim, h, bias=bias)
+        self.rotary = rotary
+        scale = qk**-0.5
+        rope = cfg.rope
+        if rope.kind == "yarn" and rope.mscale_all_dim:
+            m = 0.1 * rope.mscale_all_dim * torch.log(torch.tensor(rope.factor)).item() + 1.0
+            scale = scale * m * m
+        self.scale = scale
+
+    def forward(self, hidden: torch.Tensor, meta: AttentionMetadata, kv_cache: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        t = hidden.shape[0]
+        if self.q_lora_rank:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden)))
+        else:
+            q = self.q_proj(hidden)
+        q = q.view(t, self.num_heads, self.nope + self.rope_dim)
+        q_nope, q_pe = q.split([self.nope, self.rope_dim], dim=-1)
+        q_pe = self.rotary(q_pe, meta.positions)
+        latent = self.kv_a_proj_with_mqa(hidden)
+        c_kv, k_pe = latent.split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        c_kv = self.kv_a_layernorm(c_kv)
+        k_pe = self.rotary(k_pe.unsqueeze(1), meta.positions)
+        (cache,) = kv_cache
+        cache[meta.slot_mapping] = torch.cat([c_kv.unsqueeze(1), k_pe], dim=-1).to(cache.dtype)
+
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [H, nope, L], [H, v, L]
+        out = q.new_empty(t, self.num_heads, self.v_dim)
+        for g in meta.groups:
+            lat = cache[g.key_slots].to(q.dtype)  # [B, K, 1, L+R]
+            qn, qp = q_nope[g.query_index], q_pe[g.query_index]  # [B, Q, H, *]
+            if g.max_query_len == 1:
+                # absorbed: q_lat = q_nope · W_UK, attend over latents, then project by W_UV
+                q_lat = torch.einsum("bqhn,hnl->bqhl", qn, w_uk)
+                o_lat = _sdpa(torch.cat([q_lat, qp], -1), lat, lat[..., : self.kv_lora_rank], g, self.scale)
+                out[g.token_rows] = torch.einsum("thl,hvl->thv", o_lat, w_uv)
+            else:
+                b, kmax = lat.shape[:2]
+                kv = self.kv_b_proj(lat[:, :, 0, : self.kv_lora_rank]).view(b, kmax, self.num_heads, -1)
+                k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+                k_rot = lat[:, :, :, self.kv_lora_rank :].expand(b, kmax, self.num_heads, self.rope_dim)
+                k = torch.cat([k_nope, k_rot], dim=-1)
+                out[g.token_rows] = _sdpa(torch.cat([qn, qp], -1), k, v, g, self.scale)
+        return self.o_proj(out.view(t, -1))
+
+
+def make_attention(cfg: ModelConfig, rotary: RotaryEmbedding) -> nn.Module:
+    return MLAAttention(cfg, rotary) if cfg.attention == "mla" else GQAAttention(cfg, rotary)
