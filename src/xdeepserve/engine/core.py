@@ -1,0 +1,157 @@
+"""The engine core of one FlowServe DP group: scheduler + KV cache + runner, stepped in a loop.
+
+:class:`EngineCore` is synchronous and process-agnostic. The serving path runs it in its own process
+(:mod:`xdeepserve.engine.core_proc`); :class:`xdeepserve.engine.llm.LLM` runs it in the caller's process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..model.loader import ModelBundle, load_model
+from .config import EngineConfig
+from .kv_cache_manager import KVCacheManager
+from .request import EngineOutput, FinishReason, InvalidRequestError, Request, SamplingParams, TokenLogprob
+from .runner import ModelRunner, num_blocks_for_memory
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_waiting: int = 0
+    num_running: int = 0
+    kv_cache_usage: float = 0.0
+    num_preemptions: int = 0
+    prefix_cache_hit_tokens: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, bundle: ModelBundle | None = None) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        max_len = config.max_model_len
+        if bundle is None:
+            cfg_len = max_len or 4096
+            bundle = load_model(
+                config.model, device=config.device, dtype=config.torch_dtype, max_positions=cfg_len, with_tokenizer=False
+            )
+        self.bundle = bundle
+        model = bundle.model
+        self.max_model_len = min(max_len or 4096, model.max_positions)
+        bs = config.block_size
+        num_blocks = config.num_kv_blocks or num_blocks_for_memory(
+            model, config.kv_cache_memory_bytes, bs, config.torch_dtype
+        )
+        if num_blocks * bs < self.max_model_len:
+            raise ValueError(
+                f"KV cache of {num_blocks} blocks x {bs} tokens cannot hold one request of max_model_len="
+                f"{self.max_model_len}; raise num_kv_blocks / kv_cache_memory_bytes or lower max_model_len"
+            )
+        self.kv = KVCacheManager(num_blocks, bs, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+        )
+        self.runner = ModelRunner(model, num_blocks, bs, config.torch_dtype)
+        self.eos_token_ids = bundle.generation.eos_token_ids
+        self.vocab_size = bundle.config.vocab_size
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.num_steps = 0
+
+    # ---- requests ------------------------------------------------------------------------------------
+    def validate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> None:
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise InvalidRequestError("the prompt is empty")
+        if n >= self.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {n} tokens but this model's context length is {self.max_model_len} "
+                f"(at least one token must be left to generate)"
+            )
+        bad = next((t for t in prompt_token_ids if not (0 <= t < self.vocab_size)), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams) -> None:
+        if request_id in self.scheduler.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
+        self.validate(prompt_token_ids, sampling)
+        req = Request(request_id, list(prompt_token_ids), sampling, eos_token_ids=self.eos_token_ids)
+        self.scheduler.add(req)
+        self.prompt_tokens += len(prompt_token_ids)
+
+    def abort(self, request_ids: list[str]) -> list[str]:
+        """Abort and free; returns the ids that were still in flight."""
+        return [rid for rid in request_ids if self.scheduler.abort(rid) is not None]
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step ------------------------------------------------------------------------------------
+    def step(self) -> list[EngineOutput]:
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return []
+        try:
+            sampled, logprobs = self.runner.execute(sched)
+        except Exception as e:  # a failing batch fails its requests, not the engine
+            log.exception("model step failed")
+            outs = []
+            for s in sched.scheduled:
+                self.scheduler.finish(s.request, FinishReason.ERROR)
+                outs.append(EngineOutput(s.request.request_id, (), FinishReason.ERROR, error=f"engine step failed: {e}"))
+            return outs
+        self.num_steps += 1
+        self.scheduler.update(sched, sampled)
+        self.generation_tokens += len(sampled)
+        outs = []
+        for s in sched.scheduled:
+            req = s.request
+            token = sampled.get(req.request_id)
+            if token is None and req.finish_reason is None:
+                continue
+            lp: tuple[TokenLogprob, ...] = (logprobs[req.request_id],) if req.request_id in logprobs else ()
+            outs.append(
+                EngineOutput(
+                    req.request_id,
+                    (token,) if token is not None else (),
+                    req.finish_reason,
+                    lp,
+                    num_prompt_tokens=req.num_prompt_tokens,
+                    num_cached_tokens=req.num_cached_tokens,
+                )
+            )
+        return outs
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            kv_cache_usage=self.kv.usage,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hit_tokens=self.kv.prefix_hit_tokens,
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+        )
+
+    def run_until_done(self, max_steps: int | None = None) -> list[EngineOutput]:
+        outs: list[EngineOutput] = []
+        steps = 0
+        while self.has_work() and (max_steps is None or steps < max_steps):
+            outs.extend(self.step())
+            steps += 1
+        return outs
+
+

@@ -1,0 +1,98 @@
+"""Model runner: turns a :class:`SchedulerOutput` into tensors, runs the model, samples.
+
+It owns the KV cache tensors (one per layer; two for GQA's K and V) and nothing else of the request
+state: the scheduler decides, the runner executes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.attention import AttentionMetadata, build_group
+from ..model.model import CausalLM
+from .request import TokenLogprob
+from .sampler import sample
+from .scheduler import ScheduledRequest, SchedulerOutput
+
+
+def allocate_kv_caches(
+    model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, ...]]:
+    cfg = model.config
+    heads, width = cfg.kv_cache_shape
+    per_layer = 2 if cfg.kv_has_separate_values else 1
+    slots = num_blocks * block_size
+    return [
+        tuple(torch.zeros(slots, heads, width, dtype=dtype, device=device) for _ in range(per_layer))
+        for _ in range(cfg.num_layers)
+    ]
+
+
+def num_blocks_for_memory(model: CausalLM, memory_bytes: int, block_size: int, dtype: torch.dtype) -> int:
+    per_token = model.config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size())
+    return max(1, memory_bytes // (per_token * block_size))
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.block_size = block_size
+        self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, dtype, self.device)
+
+    def _group(self, items: list[tuple[int, ScheduledRequest]]):
+        bs = self.block_size
+        seq_lens = [s.start + s.num_tokens for _, s in items]
+        max_blocks = -(-max(seq_lens) // bs)
+        table = torch.zeros(len(items), max_blocks, dtype=torch.long)
+        for row, (_, s) in enumerate(items):
+            ids = s.request.block_ids[:max_blocks]
+            table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return build_group(
+            [q for q, _ in items], [s.num_tokens for _, s in items], seq_lens, table, bs, self.device
+        )
+
+    def prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
+        """Flat input ids, attention metadata, and the flat index of each sampled request's last token."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        decodes: list[tuple[int, ScheduledRequest]] = []
+        prefills: list[tuple[int, ScheduledRequest]] = []
+        sample_rows: list[int] = []
+        for s in sched.scheduled:
+            req, start, n = s.request, s.start, s.num_tokens
+            q_start = len(input_ids)
+            if n == 1:
+                input_ids.append(req.token_at(start))
+            else:
+                input_ids.extend(req.all_token_ids[start : start + n])
+            table = req.block_ids
+            for p in range(start, start + n):
+                positions.append(p)
+                slots.append(table[p // bs] * bs + p % bs)
+            (decodes if n == 1 else prefills).append((q_start, s))
+            if s.samples:
+                sample_rows.append(len(input_ids) - 1)
+        groups = [self._group(g) for g in (decodes, prefills) if g]
+        dev = self.device
+        meta = AttentionMetadata(
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            groups=groups,
+            num_tokens=len(input_ids),
+        )
+        return torch.tensor(input_ids, dtype=torch.long, device=dev), meta, sample_rows
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
+        input_ids, meta, sample_rows = self.prepare(sched)
+        hidden = self.model(input_ids, meta, self.kv_caches)
+        sampled_reqs = [s.request for s in sched.scheduled if s.samples]
+        if not sampled_reqs:
+            return {}, {}
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=hidden.device)])
+        tokens, logprobs = sample(logits, sampled_reqs)
+        ids = [r.request_id for r in sampled_reqs]
+        return dict(zip(ids, tokens)), {i: lp for i, lp in zip(ids, logprobs) if lp is not None}
