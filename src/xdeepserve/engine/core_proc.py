@@ -1,0 +1,252 @@
+"""The DP group's processes: the engine-core busy loop and its output child (paper §4.2, Figure 9).
+
+::
+
+    frontend ──add/abort──▶ engine core ──token ids──▶ output child ──text deltas──▶ frontend
+        ▲                        │                          │
+        └────── ready / stats ───┘           ◀──abort (stop string)
+
+The engine core only schedules and runs the model; it never touches text. The output child detokenises,
+applies stop strings and streams deltas straight to the frontend, so the return path has no central
+bottleneck. Control messages are msgpack over ZeroMQ PUSH/PULL sockets (ipc:// on one host).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+import msgpack
+import zmq
+
+from .config import EngineConfig
+from .request import EngineOutput, FinishReason, InvalidRequestError, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.25
+REJECTED = "invalid request: "  # prefix of the error of a request the engine refused to admit
+IDLE_POLL_MS = 100
+GC_EVERY_STEPS = 500  # proactive GC (paper §4.4): collect at a safe point, not mid-step
+
+
+@dataclass(frozen=True)
+class ProcAddresses:
+    core_input: str  # engine core PULL (frontend and output child push here)
+    core_to_output: str  # engine core PUSH -> output child PULL
+    frontend: str  # frontend PULL (output child and engine core push here)
+
+
+# ---- wire helpers ---------------------------------------------------------------------------------------
+
+
+def pack(*msg) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpack(data: bytes) -> list:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def logprobs_to_wire(lps: tuple[TokenLogprob, ...]) -> list:
+    return [[lp.token_id, lp.logprob, [list(t) for t in lp.top]] for lp in lps]
+
+
+def logprobs_from_wire(w: list) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob(t, lp, tuple((int(a), float(b)) for a, b in top)) for t, lp, top in w)
+
+
+def _output_to_wire(o: EngineOutput) -> list:
+    return [
+        o.request_id,
+        list(o.new_token_ids),
+        o.finish_reason.value if o.finish_reason else None,
+        logprobs_to_wire(o.logprobs),
+        o.num_prompt_tokens,
+        o.num_cached_tokens,
+        o.error,
+    ]
+
+
+def _output_from_wire(w: list) -> EngineOutput:
+    rid, ids, reason, lps, n_prompt, n_cached, err = w
+    return EngineOutput(
+        rid, tuple(ids), FinishReason(reason) if reason else None, logprobs_from_wire(lps), n_prompt, n_cached, err
+    )
+
+
+# ---- engine core process -----------------------------------------------------------------------------------
+
+
+def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
+    """Entry point of the engine-core process. Never returns normally except on shutdown."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend decides when we stop
+    frontend_pid = os.getppid()
+    ctx = zmq.Context()
+    to_frontend = ctx.socket(zmq.PUSH)
+    to_frontend.connect(addrs.frontend)
+    try:
+        from .core import EngineCore
+
+        core = EngineCore(config)
+    except Exception as e:
+        to_frontend.send(pack("fatal", f"engine failed to start: {type(e).__name__}: {e}"))
+        to_frontend.close(linger=2000)
+        raise
+    inp = ctx.socket(zmq.PULL)
+    inp.bind(addrs.core_input)
+    to_output = ctx.socket(zmq.PUSH)
+    to_output.bind(addrs.core_to_output)
+    child = mp.get_context("spawn").Process(
+        target=run_output_process, args=(config.model, addrs), name="xds-output", daemon=True
+    )
+    child.start()
+    to_frontend.send(
+        pack(
+            "ready",
+            {
+                "max_model_len": core.max_model_len,
+                "vocab_size": core.vocab_size,
+                "eos_token_ids": list(core.eos_token_ids),
+                "num_kv_blocks": core.kv.num_blocks,
+                "pid": os.getpid(),
+                "output_pid": child.pid,
+            },
+        )
+    )
+    gc.disable()
+    poller = zmq.Poller()
+    poller.register(inp, zmq.POLLIN)
+    last_stats = 0.0
+    running = True
+    try:
+        while running:
+            timeout = 0 if core.has_work() else IDLE_POLL_MS
+            while poller.poll(timeout):
+                timeout = 0
+                msg = unpack(inp.recv())
+                kind = msg[0]
+                if kind == "add":
+                    _, rid, prompt, sp_wire = msg
+                    try:
+                        sp = SamplingParams.from_wire(sp_wire)
+                        core.add_request(rid, prompt, sp)
+                        to_output.send(pack("register", rid, prompt[-8:], list(sp.stop), sp.include_stop_str_in_output))
+                    except (InvalidRequestError, TypeError, ValueError) as e:
+                        err = EngineOutput(rid, (), FinishReason.ERROR, error=f"{REJECTED}{e}")
+                        to_output.send(pack("register", rid, [], [], False))
+                        to_output.send(pack("outputs", [_output_to_wire(err)]))
+                elif kind == "abort":
+                    aborted = core.abort(msg[1])
+                    if aborted:
+                        outs = [_output_to_wire(EngineOutput(r, (), FinishReason.ABORT)) for r in aborted]
+                        to_output.send(pack("outputs", outs))
+                elif kind == "shutdown":
+                    running = False
+                    break
+            if not running:
+                break
+            if core.has_work():
+                outs = core.step()
+                if outs:
+                    to_output.send(pack("outputs", [_output_to_wire(o) for o in outs]))
+                if core.num_steps % GC_EVERY_STEPS == 0:
+                    gc.collect()
+            else:
+                if not child.is_alive():
+                    raise RuntimeError(f"output process (pid {child.pid}) died with exit code {child.exitcode}")
+                if os.getppid() != frontend_pid:
+                    log.warning("frontend (pid %d) is gone; engine core exiting", frontend_pid)
+                    break
+            now = time.monotonic()
+            if now - last_stats >= STATS_INTERVAL_S:
+                to_frontend.send(pack("stats", asdict(core.stats())))
+                last_stats = now
+    except Exception as e:
+        to_frontend.send(pack("fatal", f"engine core failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise
+    finally:
+        to_output.send(pack("shutdown"))
+        child.join(timeout=2)
+        if child.is_alive():
+            child.terminate()
+        for s in (inp, to_output, to_frontend):
+            s.close(linger=500)
+        ctx.term()
+
+
+# ---- output child process ---------------------------------------------------------------------------------
+
+
+def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
+    """Detokenise engine outputs and stream text deltas to the frontend; report stop-string hits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..model.loader import load_tokenizer
+    from .detokenizer import IncrementalDetokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    parent = os.getppid()
+    ctx = zmq.Context()
+    inp = ctx.socket(zmq.PULL)
+    inp.connect(addrs.core_to_output)
+    to_frontend = ctx.socket(zmq.PUSH)
+    to_frontend.connect(addrs.frontend)
+    to_core = ctx.socket(zmq.PUSH)
+    to_core.connect(addrs.core_input)
+    states: dict[str, tuple[IncrementalDetokenizer, list[int]]] = {}  # rid -> (detok, [n_output_tokens])
+    try:
+        while True:
+            if not inp.poll(1000):
+                if os.getppid() != parent:  # the engine core is gone
+                    return
+                continue
+            msg = unpack(inp.recv())
+            if msg[0] == "shutdown":
+                return
+            if msg[0] == "register":
+                _, rid, tail, stop, include = msg
+                states[rid] = (IncrementalDetokenizer(tokenizer, tail, tuple(stop), include), [0])
+                continue
+            deltas, stopped = [], []
+            for w in msg[1]:
+                out = _output_from_wire(w)
+                state = states.get(out.request_id)
+                if state is None:
+                    continue  # already finished here (e.g. by a stop string)
+                detok, count = state
+                count[0] += len(out.new_token_ids)
+                text = detok.add(out.new_token_ids, out.finished)
+                reason = out.finish_reason
+                if detok.stopped:
+                    reason = FinishReason.STOP
+                    if not out.finished:
+                        stopped.append(out.request_id)
+                if reason is not None:
+                    del states[out.request_id]
+                deltas.append(
+                    [
+                        out.request_id,
+                        text,
+                        list(out.new_token_ids),
+                        reason.value if reason else None,
+                        logprobs_to_wire(out.logprobs),
+                        out.num_prompt_tokens,
+                        count[0],
+                        out.num_cached_tokens,
+                        out.error,
+                    ]
+                )
+            if deltas:
+                to_frontend.send(pack("outputs", deltas))
+            if stopped:
+                to_core.send(pack("abort", stopped))
+    finally:
+        for s in (inp, to_frontend, to_core):
+            s.close(linger=200)
+        ctx.term()
