@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from xdeepserve.engine.request import SamplingParams
 
@@ -199,6 +199,11 @@ class _SamplingRequest(BaseModel):
         raise NotImplementedError
 
     @property
+    def max_tokens_param(self) -> str:
+        """The name under which the client gave the completion length (for error messages)."""
+        return "max_tokens"
+
+    @property
     def engine_logprobs(self) -> int | None:
         """How many top alternatives the engine should return per token (None: no logprobs)."""
         raise NotImplementedError
@@ -315,6 +320,10 @@ class ChatCompletionRequest(_SamplingRequest):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     @property
+    def max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
     def engine_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
@@ -342,12 +351,12 @@ class ChoiceRequest:
     sampling: SamplingParams
 
 
-def fan_out(request_id: str, prompts: list[list[int]], sampling: SamplingParams, n: int) -> list[ChoiceRequest]:
-    """n engine requests per prompt, with ids ``{request_id}-{index}``; choice ``index = prompt * n + i``
-    (the OpenAI layout for batched prompts). With a seed, choice i gets ``seed + i``: the n samples differ
-    from each other, and the same request with the same seed reproduces all of them."""
+def fan_out(request_id: str, prompts: list[tuple[list[int], SamplingParams]], n: int) -> list[ChoiceRequest]:
+    """n engine requests per (prompt, sampling) pair, with ids ``{request_id}-{index}``; choice
+    ``index = prompt * n + i`` (the OpenAI layout for batched prompts). With a seed, choice i gets ``seed + i``:
+    the n samples differ from each other, and the same request with the same seed reproduces all of them."""
     choices = []
-    for p, prompt_token_ids in enumerate(prompts):
+    for p, (prompt_token_ids, sampling) in enumerate(prompts):
         for i in range(n):
             index = p * n + i
             seed = None if sampling.seed is None else sampling.seed + i
@@ -443,6 +452,11 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: Any) -> dict[str, Any]:
+        # A delta lists only what changed: the closing chunk's delta is {} (as OpenAI sends it).
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatCompletionStreamChoice(BaseModel):

@@ -58,7 +58,6 @@ def build_group(
     ``seq_lens[i]`` is the context length of sequence i after this step (cached + new);
     ``block_tables`` is ``[B, max_blocks]`` (CPU, long), padded with any valid block id.
     """
-    b = len(query_lens)
     q_max = max(query_lens)
     k_max = max(seq_lens)
     q_len = torch.tensor(query_lens)

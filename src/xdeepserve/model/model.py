@@ -15,7 +15,7 @@ from torch import nn
 from .attention import AttentionMetadata, make_attention
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding
-from .moe import MoE, DenseFFN
+from .moe import DenseFFN, MoE
 
 
 class DecoderLayer(nn.Module):

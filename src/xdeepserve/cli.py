@@ -1,0 +1,143 @@
+"""``xds`` — the command line of xdeepserve.
+
+    xds make-model --arch qwen3_moe --out DIR [--seed N]   tiny random checkpoint in HF format
+    xds serve [--model DIR] [--host H] [--port P]           OpenAI-compatible server
+    xds generate [--model DIR] --prompt TEXT ...            offline generation
+    xds bench --base-url URL ...                            online load generator
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .model.builder import ARCHITECTURES, make_model
+
+DEMO_ARCH = "qwen3_moe"
+
+
+def demo_model_dir() -> Path:
+    """The built-in demo checkpoint, created on first use."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xdeepserve" / f"demo-{DEMO_ARCH}"
+    if not (cache / "config.json").is_file():
+        print(f"creating the demo checkpoint in {cache} …", file=sys.stderr)
+        make_model(DEMO_ARCH, cache, seed=0)
+    return cache
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the built-in demo model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--kv-cache-memory-mib", type=int, default=512)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--served-model-name", default=None)
+
+
+def _engine_config(args: argparse.Namespace):
+    from .engine.config import EngineConfig
+
+    return EngineConfig(
+        model=str(args.model or demo_model_dir()),
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        kv_cache_memory_bytes=args.kv_cache_memory_mib * 2**20,
+        enable_prefix_caching=not args.no_prefix_caching,
+        served_model_name=args.served_model_name,
+    )
+
+
+def cmd_make_model(args: argparse.Namespace) -> int:
+    out = make_model(args.arch, args.out, seed=args.seed)
+    print(f"wrote a tiny random {args.arch} checkpoint to {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .api.server import run_server
+
+    run_server(_engine_config(args), args.host, args.port)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.llm import LLM
+    from .engine.request import SamplingParams
+
+    cfg = _engine_config(args)
+    llm = LLM(**cfg.__dict__)
+    sp = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        stop=tuple(args.stop or ()),
+    )
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.chat:
+        outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], sp, use_tqdm=len(prompts) > 1)
+    else:
+        outs = llm.generate(prompts, sp, use_tqdm=len(prompts) > 1)
+    for p, o in zip(prompts, outs):
+        print(f"### {p}\n{o.text}\n[{len(o.token_ids)} tokens, finish_reason={o.finish_reason.value}]")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.client import bench_main
+
+    return bench_main(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xds", description="xDeepServe: disaggregated MoE serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-model", help="write a tiny random checkpoint of a real architecture")
+    p.add_argument("--arch", choices=ARCHITECTURES, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_model)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _engine_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="offline generation for scripts")
+    _engine_args(p)
+    p.add_argument("--prompt", action="append", help="prompt text (repeatable); default: one per stdin line")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="online load generator against a running server")
+    try:
+        from .bench.client import add_bench_args
+
+        add_bench_args(p)
+    except ImportError:  # pragma: no cover - bench client not installed
+        pass
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
