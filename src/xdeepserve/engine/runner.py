@@ -33,11 +33,15 @@ def num_blocks_for_memory(model: CausalLM, memory_bytes: int, block_size: int, d
     return max(1, memory_bytes // (per_token * block_size))
 
 
+DECODE_BUCKET = 16  # decodes per padded attention group
+
+
 class ModelRunner:
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.block_size = block_size
+        self.dtype = next(model.parameters()).dtype
         self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, dtype, self.device)
 
     def _group(self, items: list[tuple[int, ScheduledRequest]]):
@@ -49,8 +53,17 @@ class ModelRunner:
             ids = s.request.block_ids[:max_blocks]
             table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return build_group(
-            [q for q, _ in items], [s.num_tokens for _, s in items], seq_lens, table, bs, self.device
+            [q for q, _ in items], [s.num_tokens for _, s in items], seq_lens, table, bs, self.device, self.dtype
         )
+
+    @staticmethod
+    def _decode_buckets(decodes: list[tuple[int, ScheduledRequest]]) -> list[list[tuple[int, ScheduledRequest]]]:
+        """Split decodes into groups of similar context length, so padding every key row to the longest
+        context in the batch does not multiply the K/V gather."""
+        if len(decodes) <= DECODE_BUCKET:
+            return [decodes] if decodes else []
+        ordered = sorted(decodes, key=lambda item: item[1].start)
+        return [ordered[i : i + DECODE_BUCKET] for i in range(0, len(ordered), DECODE_BUCKET)]
 
     def prepare(self, sched: SchedulerOutput) -> tuple[torch.Tensor, AttentionMetadata, list[int]]:
         """Flat input ids, attention metadata, and the flat index of each sampled request's last token."""
@@ -75,7 +88,9 @@ class ModelRunner:
             (decodes if n == 1 else prefills).append((q_start, s))
             if s.samples:
                 sample_rows.append(len(input_ids) - 1)
-        groups = [self._group(g) for g in (decodes, prefills) if g]
+        groups = [self._group(g) for g in self._decode_buckets(decodes)]
+        if prefills:
+            groups.append(self._group(prefills))
         dev = self.device
         meta = AttentionMetadata(
             positions=torch.tensor(positions, dtype=torch.long, device=dev),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import RMSNorm, RotaryEmbedding
+from .layers import FusedLinear, RMSNorm, RotaryEmbedding
 
 
 @dataclass
@@ -32,7 +32,7 @@ class AttentionGroup:
     query_index: torch.Tensor  # [B, Qmax] flat token index of each (padded) query row
     query_valid: torch.Tensor  # [B, Qmax] bool
     key_slots: torch.Tensor  # [B, Kmax] cache slot of each (padded) key position
-    mask: torch.Tensor  # [B, 1, Qmax, Kmax] bool, True = attend
+    mask: torch.Tensor  # [B, 1, Qmax, Kmax] additive float mask: 0 = attend, -inf = masked
     token_rows: torch.Tensor  # [n_tokens_in_group] flat token indices, in query_index's valid order
     max_query_len: int
 
@@ -52,6 +52,7 @@ def build_group(
     block_tables: torch.Tensor,
     block_size: int,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> AttentionGroup:
     """Padded index tensors for one group.
 
@@ -74,26 +75,34 @@ def build_group(
     # padded query rows attend to key 0 only, so softmax never sees an all-masked row (no NaN)
     mask = torch.where(query_valid[:, :, None], mask, (k_ar == 0)[None, None, :])
     token_rows = query_index[query_valid]
+    # additive rather than boolean: SDPA would convert a boolean mask again in every layer
+    additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
     return AttentionGroup(
         query_index=query_index.to(device),
         query_valid=query_valid.to(device),
         key_slots=key_slots.to(device),
-        mask=mask.unsqueeze(1).to(device),
+        mask=additive.unsqueeze(1).to(device),
         token_rows=token_rows.to(device),
         max_query_len=q_max,
     )
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup, scale: float) -> torch.Tensor:
-    """q: [B, Qmax, H, D]; k, v: [B, Kmax, Hkv, D*]; returns [n_valid_tokens, H, Dv] in token_rows order."""
-    q = q.transpose(1, 2)
-    k = k.transpose(1, 2)
-    v = v.transpose(1, 2)
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
+    """q: [B, Qmax, H, D]; k, v: [B, Kmax, Hkv, D*]; returns [n_valid_tokens, H, Dv] in token_rows order.
+
+    K/V heads are never materialised per query head: for decode (one query per sequence) the ``H / Hkv``
+    query heads sharing a KV head become that head's query rows; prefill uses SDPA's native GQA.
+    """
+    b, q_len, h, d = q.shape
+    hkv, dv = k.shape[2], v.shape[-1]
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    if q_len == 1:
+        qq = q.view(b, hkv, h // hkv, d)
+        out = F.scaled_dot_product_attention(qq, k, v, attn_mask=group.mask, scale=scale)
+        return out.reshape(b, 1, h, dv)[group.query_valid]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=group.mask, scale=scale, enable_gqa=hkv != h
+    )
     return out.transpose(1, 2)[group.query_valid]
 
 
@@ -108,9 +117,8 @@ class GQAAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        q_rows, kv_rows = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = FusedLinear(cfg.hidden_size, [q_rows, kv_rows, kv_rows], bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
@@ -121,13 +129,14 @@ class GQAAttention(nn.Module):
         self, hidden: torch.Tensor, meta: AttentionMetadata, kv_cache: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         t = hidden.shape[0]
-        q = self.q_proj(hidden).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).view(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.part_sizes, dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.rotary(q, meta.positions)
-        k = self.rotary(k, meta.positions)
+        qk = self.rotary(torch.cat([q, k], dim=1), meta.positions)  # one rotary call for q and k
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         k_cache, v_cache = kv_cache
         k_cache[meta.slot_mapping] = k.to(k_cache.dtype)
         v_cache[meta.slot_mapping] = v.to(v_cache.dtype)

@@ -10,6 +10,16 @@ from torch import nn
 from .config import RopeConfig
 
 
+class FusedLinear(nn.Linear):
+    """One matmul for several projections of the same input (q/k/v, or gate/up); ``part_sizes`` are
+    the output rows of each part, in order. The loader fills the parts from the checkpoint's separate
+    tensors."""
+
+    def __init__(self, in_features: int, part_sizes: list[int], bias: bool) -> None:
+        super().__init__(in_features, sum(part_sizes), bias=bias)
+        self.part_sizes = tuple(part_sizes)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm, computed in fp32 and cast back (as the reference implementations do)."""
 

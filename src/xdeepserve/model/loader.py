@@ -103,7 +103,10 @@ def _weight_files(path: Path) -> list[Path]:
 
 _EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _FUSED_EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_DENSE = re.compile(r"^(.*\.(?:mlp|shared_experts))\.(gate_proj|up_proj)\.weight$")
+# checkpoint projections we store fused into one matrix: fused name -> parts, in row order
+_FUSED = {"gate_up_proj": ("gate_proj", "up_proj"), "qkv_proj": ("q_proj", "k_proj", "v_proj")}
+_PART_OF = {part: (fused, i) for fused, parts in _FUSED.items() for i, part in enumerate(parts)}
+_FUSED_PART = re.compile(r"^(.*(?:\.mlp|\.shared_experts|\.self_attn))\.(gate_proj|up_proj|q_proj|k_proj|v_proj)\.(weight|bias)$")
 _MIXTRAL_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 
 
@@ -127,8 +130,8 @@ def load_weights(model: CausalLM, path: Path) -> None:
             expected[pname] = 2 * cfg.num_experts
         elif pname.endswith(".experts.w2"):
             expected[pname] = cfg.num_experts
-        elif pname.endswith(".gate_up_proj.weight"):
-            expected[pname] = 2
+        elif (fused := pname.rsplit(".", 2)[-2]) in _FUSED:
+            expected[pname] = len(_FUSED[fused])
         else:
             expected[pname] = 1
     if cfg.tie_word_embeddings:
@@ -167,17 +170,24 @@ def load_weights(model: CausalLM, path: Path) -> None:
                 elif m := _FUSED_EXPERT.match(name):
                     n = 2 * cfg.num_experts if m[2] == "gate_up_proj" else cfg.num_experts
                     put(f"{m[1]}.{'w13' if m[2] == 'gate_up_proj' else 'w2'}", tensor, pieces=n, src=raw_name)
-                elif m := _DENSE.match(name):
-                    target = f"{m[1]}.gate_up_proj.weight"
-                    half = params[target].shape[0] // 2 if target in params else 0
-                    rows = slice(0, half) if m[2] == "gate_proj" else slice(half, 2 * half)
-                    put(target, tensor, (rows,), src=raw_name)
+                elif (m := _FUSED_PART.match(name)) and f"{m[1]}.{_PART_OF[m[2]][0]}.{m[3]}" in params:
+                    fused, index = _PART_OF[m[2]]
+                    target = f"{m[1]}.{fused}.{m[3]}"
+                    sizes = fused_part_sizes(model, f"{m[1]}.{fused}")
+                    start = sum(sizes[:index])
+                    put(target, tensor, (slice(start, start + sizes[index]),), src=raw_name)
                 else:
                     put(name, tensor, src=raw_name)
     missing = sorted(k for k, n in expected.items() if filled.get(k, 0) < n)
     if missing:
         shown = ", ".join(missing[:8]) + (f" … and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"{path}: checkpoint is missing tensors for: {shown}")
+
+
+def fused_part_sizes(model: CausalLM, module_name: str) -> list[int]:
+    """Output rows of each part of a fused projection (``qkv_proj`` or ``gate_up_proj``)."""
+    module = model.get_submodule(module_name)
+    return list(module.part_sizes)
 
 
 def load_model(
