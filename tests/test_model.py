@@ -131,3 +131,14 @@ def test_make_model_cli_writes_a_checkpoint_hf_and_autotokenizer_load(tmp_path):
     assert tok.decode(tok.encode("Add 17 and 25.", add_special_tokens=False)) == "Add 17 and 25."
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "deepseek_v3"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_in_memory_hf_model_converts_without_a_disk_round_trip(arch, tiny_checkpoint):
+    from xdeepserve.model.loader import from_hf_model
+
+    hf = hf_classes(arch)[1].from_pretrained(tiny_checkpoint(arch)).eval()
+    ours = from_hf_model(hf, max_positions=128)
+    from_disk = load_model(tiny_checkpoint(arch), max_positions=128, with_tokenizer=False).model
+    a, b = ours.state_dict(), from_disk.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

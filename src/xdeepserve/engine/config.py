@@ -23,6 +23,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     served_model_name: str | None = None
+    cuda_graphs: bool = True  # decode-only steps replay captured CUDA graphs (CUDA devices only)
     seed: int = 0
 
     @property

@@ -62,7 +62,11 @@ class EngineCore:
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.enable_chunked_prefill,
         )
-        self.runner = ModelRunner(model, num_blocks, bs, config.torch_dtype)
+        self.runner = ModelRunner(
+            model, num_blocks, bs, config.torch_dtype,
+            cuda_graph_max_batch=config.max_num_seqs if config.cuda_graphs else 0,
+            max_model_len=self.max_model_len,
+        )
         self.eos_token_ids = bundle.generation.eos_token_ids
         self.vocab_size = bundle.config.vocab_size
         self.prompt_tokens = 0

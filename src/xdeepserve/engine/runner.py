@@ -37,12 +37,30 @@ DECODE_BUCKET = 16  # decodes per padded attention group
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        *,
+        cuda_graph_max_batch: int = 0,
+        max_model_len: int = 0,
+    ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.block_size = block_size
         self.dtype = next(model.parameters()).dtype
-        self.kv_caches = allocate_kv_caches(model, num_blocks, block_size, dtype, self.device)
+        # one extra block that no request owns: padding rows of captured graphs write there
+        self.kv_caches = allocate_kv_caches(model, num_blocks + 1, block_size, dtype, self.device)
+        self.graphs = None
+        if cuda_graph_max_batch and self.device.type == "cuda":
+            from .cuda_graph import CudaGraphDecoder
+
+            self.graphs = CudaGraphDecoder(
+                model, self.kv_caches, block_size=block_size, scratch_block=num_blocks,
+                max_batch=cuda_graph_max_batch, max_model_len=max_model_len,
+            )
 
     def _group(self, items: list[tuple[int, ScheduledRequest]]):
         bs = self.block_size
@@ -100,14 +118,27 @@ class ModelRunner:
         )
         return torch.tensor(input_ids, dtype=torch.long, device=dev), meta, sample_rows
 
+    def _graph_logits(self, sched: SchedulerOutput) -> torch.Tensor | None:
+        """Logits from a captured CUDA graph when the step is decode-only and fits a bucket."""
+        if self.graphs is None or any(s.num_tokens != 1 or not s.samples for s in sched.scheduled):
+            return None
+        seq_lens = [s.start + 1 for s in sched.scheduled]
+        if not self.graphs.fits(len(seq_lens), max(seq_lens)):
+            return None
+        return self.graphs.run(
+            [s.request.token_at(s.start) for s in sched.scheduled], seq_lens, [s.request.block_ids for s in sched.scheduled]
+        )
+
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> tuple[dict[str, int], dict[str, TokenLogprob]]:
-        input_ids, meta, sample_rows = self.prepare(sched)
-        hidden = self.model(input_ids, meta, self.kv_caches)
         sampled_reqs = [s.request for s in sched.scheduled if s.samples]
-        if not sampled_reqs:
-            return {}, {}
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=hidden.device)])
+        logits = self._graph_logits(sched)
+        if logits is None:
+            input_ids, meta, sample_rows = self.prepare(sched)
+            hidden = self.model(input_ids, meta, self.kv_caches)
+            if not sampled_reqs:
+                return {}, {}
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=hidden.device)])
         tokens, logprobs = sample(logits, sampled_reqs)
         ids = [r.request_id for r in sampled_reqs]
         return dict(zip(ids, tokens)), {i: lp for i, lp in zip(ids, logprobs) if lp is not None}

@@ -87,6 +87,34 @@ def build_group(
     )
 
 
+def decode_group(
+    seq_lens: torch.Tensor, block_tables: torch.Tensor, block_size: int, k_max: int, dtype: torch.dtype
+) -> tuple[AttentionGroup, torch.Tensor, torch.Tensor]:
+    """Decode-only metadata computed on the device from ``seq_lens [B]`` and ``block_tables [B, n]``.
+
+    Pure tensor ops with static shapes, so it can run inside a captured CUDA graph. Returns the group,
+    the new tokens' positions and their cache slots.
+    """
+    b = seq_lens.shape[0]
+    dev = seq_lens.device
+    positions = seq_lens - 1
+    rows = torch.arange(b, device=dev)
+    slot_mapping = block_tables[rows, positions // block_size] * block_size + positions % block_size
+    k_ar = torch.arange(k_max, device=dev)
+    key_slots = block_tables[:, k_ar // block_size] * block_size + (k_ar % block_size)[None, :]
+    masked = k_ar[None, :] >= seq_lens[:, None]
+    mask = torch.zeros(b, 1, 1, k_max, dtype=dtype, device=dev).masked_fill_(masked[:, None, None, :], float("-inf"))
+    group = AttentionGroup(
+        query_index=rows[:, None],
+        query_valid=torch.ones(b, 1, dtype=torch.bool, device=dev),
+        key_slots=key_slots,
+        mask=mask,
+        token_rows=rows,
+        max_query_len=1,
+    )
+    return group, positions, slot_mapping
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGroup, scale: float) -> torch.Tensor:
     """q: [B, Qmax, H, D]; k, v: [B, Kmax, Hkv, D*]; returns [n_valid_tokens, H, Dv] in token_rows order.
 
@@ -99,7 +127,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGro
     if q_len == 1:
         qq = q.view(b, hkv, h // hkv, d)
         out = F.scaled_dot_product_attention(qq, k, v, attn_mask=group.mask, scale=scale)
-        return out.reshape(b, 1, h, dv)[group.query_valid]
+        return out.reshape(b, h, dv)  # one query per sequence: every row is valid (no host sync)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k, v, attn_mask=group.mask, scale=scale, enable_gqa=hkv != h
     )

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -116,8 +117,18 @@ def _canonical(name: str) -> str:
     return re.sub(r"\.experts\.(\d+)\.(w[123])\.", lambda m: f".experts.{m[1]}.{_MIXTRAL_NAMES[m[2]]}.", name)
 
 
-def load_weights(model: CausalLM, path: Path) -> None:
-    """Copy every checkpoint tensor into ``model``; error on any missing or unexpected tensor."""
+def iter_checkpoint(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of a checkpoint directory, shard by shard."""
+    for file in _weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_weights(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]], source: str | Path) -> None:
+    """Copy checkpoint-named tensors (files, or an in-memory HF state dict) into ``model``; error on any
+    missing or unexpected tensor. ``source`` names where they came from, for error messages."""
+    path = source
     cfg = model.config
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
@@ -150,34 +161,31 @@ def load_weights(model: CausalLM, path: Path) -> None:
         filled[target] = filled.get(target, 0) + pieces
 
     inter = cfg.moe_intermediate_size
-    for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            for raw_name in f.keys():
-                name = _canonical(raw_name)
-                layer = re.match(r"^layers\.(\d+)\.", name)
-                if layer and int(layer[1]) >= cfg.num_layers:
-                    continue  # DeepSeek MTP modules live after the decoder layers; loaded separately
-                if name.endswith("rotary_emb.inv_freq"):
-                    continue
-                tensor = f.get_tensor(raw_name)
-                if m := _EXPERT.match(name):
-                    base, e, kind = m[1], int(m[2]), m[3]
-                    if kind == "down_proj":
-                        put(f"{base}.w2", tensor, (e,), src=raw_name)
-                    else:
-                        rows = slice(0, inter) if kind == "gate_proj" else slice(inter, 2 * inter)
-                        put(f"{base}.w13", tensor, (e, rows), src=raw_name)
-                elif m := _FUSED_EXPERT.match(name):
-                    n = 2 * cfg.num_experts if m[2] == "gate_up_proj" else cfg.num_experts
-                    put(f"{m[1]}.{'w13' if m[2] == 'gate_up_proj' else 'w2'}", tensor, pieces=n, src=raw_name)
-                elif (m := _FUSED_PART.match(name)) and f"{m[1]}.{_PART_OF[m[2]][0]}.{m[3]}" in params:
-                    fused, index = _PART_OF[m[2]]
-                    target = f"{m[1]}.{fused}.{m[3]}"
-                    sizes = fused_part_sizes(model, f"{m[1]}.{fused}")
-                    start = sum(sizes[:index])
-                    put(target, tensor, (slice(start, start + sizes[index]),), src=raw_name)
-                else:
-                    put(name, tensor, src=raw_name)
+    for raw_name, tensor in tensors:
+        name = _canonical(raw_name)
+        layer = re.match(r"^layers\.(\d+)\.", name)
+        if layer and int(layer[1]) >= cfg.num_layers:
+            continue  # DeepSeek MTP modules live after the decoder layers; loaded separately
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        if m := _EXPERT.match(name):
+            base, e, kind = m[1], int(m[2]), m[3]
+            if kind == "down_proj":
+                put(f"{base}.w2", tensor, (e,), src=raw_name)
+            else:
+                rows = slice(0, inter) if kind == "gate_proj" else slice(inter, 2 * inter)
+                put(f"{base}.w13", tensor, (e, rows), src=raw_name)
+        elif m := _FUSED_EXPERT.match(name):
+            n = 2 * cfg.num_experts if m[2] == "gate_up_proj" else cfg.num_experts
+            put(f"{m[1]}.{'w13' if m[2] == 'gate_up_proj' else 'w2'}", tensor, pieces=n, src=raw_name)
+        elif (m := _FUSED_PART.match(name)) and f"{m[1]}.{_PART_OF[m[2]][0]}.{m[3]}" in params:
+            fused, index = _PART_OF[m[2]]
+            target = f"{m[1]}.{fused}.{m[3]}"
+            sizes = fused_part_sizes(model, f"{m[1]}.{fused}")
+            start = sum(sizes[:index])
+            put(target, tensor, (slice(start, start + sizes[index]),), src=raw_name)
+        else:
+            put(name, tensor, src=raw_name)
     missing = sorted(k for k, n in expected.items() if filled.get(k, 0) < n)
     if missing:
         shown = ", ".join(missing[:8]) + (f" … and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -188,6 +196,22 @@ def fused_part_sizes(model: CausalLM, module_name: str) -> list[int]:
     """Output rows of each part of a fused projection (``qkv_proj`` or ``gate_up_proj``)."""
     module = model.get_submodule(module_name)
     return list(module.part_sizes)
+
+
+def from_hf_model(hf_model, *, max_positions: int | None = None) -> CausalLM:
+    """Our units with the weights of an in-memory HF model (same device and dtype), without a disk
+    round trip (the GPU benchmark builds multi-GB random models this way)."""
+    raw = hf_model.config.to_dict()
+    if not raw.get("architectures"):
+        raw["architectures"] = [type(hf_model).__name__]
+    cfg = ModelConfig.from_hf_dict(raw)
+    param = next(hf_model.parameters())
+    with torch.device("meta"):
+        model = CausalLM(cfg, max_positions=max_positions)
+    model = model.to_empty(device=param.device).to(param.dtype)
+    _reset_buffers(model, cfg, max_positions)
+    load_weights(model, hf_model.state_dict().items(), type(hf_model).__name__)
+    return cast_model(model, device=param.device, dtype=param.dtype)
 
 
 def load_model(
@@ -206,7 +230,7 @@ def load_model(
         model = CausalLM(cfg, max_positions=max_positions)
     model = model.to_empty(device="cpu")
     _reset_buffers(model, cfg, max_positions)  # buffers computed at construction were lost by to_empty
-    load_weights(model, path)
+    load_weights(model, iter_checkpoint(path), path)
     cast_model(model, device=device, dtype=dtype)
     tok = load_tokenizer(path) if with_tokenizer else None
     return ModelBundle(path, cfg, model, tok, read_generation_defaults(path, cfg), raw)
