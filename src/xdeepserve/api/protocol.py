@@ -105,7 +105,9 @@ def validation_error_to_api_error(exc: ValidationError) -> APIError:
     # A union (prompt, stop, content) fails once per member; list each distinct complaint once.
     same_param = [e["msg"] for e in errors if _loc_to_param(e["loc"]) == param]
     reasons = "; or ".join(dict.fromkeys(same_param))
-    return APIError(f"Invalid value for '{param}': {reasons}", param=param, code="invalid_value")
+    given = first["input"]
+    shown = f" {given!r}" if isinstance(given, (str, int, float)) and len(repr(given)) <= 40 else ""
+    return APIError(f"Invalid value{shown} for '{param}': {reasons}", param=param, code="invalid_value")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -189,7 +189,10 @@ async def stream_choices(
             await asyncio.gather(*tasks, return_exceptions=True)
             for choice in choices:
                 if choice.index in pending:
-                    await client.abort(choice.request_id)
+                    try:
+                        await client.abort(choice.request_id)
+                    except Exception:  # a dead or stopped engine has nothing left to abort
+                        log.debug("abort of %s failed", choice.request_id, exc_info=True)
         for timer in timers.values():
             timer.close()
 
@@ -259,15 +262,21 @@ async def collect(stream: AsyncIterator[ChoiceOutput], choices: list[ChoiceReque
                   ) -> tuple[dict[int, ChoiceText], Usage]:
     results = {c.index: ChoiceText() for c in choices}
     usage = UsageTracker(choices)
-    async with contextlib.aclosing(stream):
-        async for choice, out in stream:
-            raise_if_failed(out)
-            usage.update(choice, out)
-            r = results[choice.index]
-            r.text += out.text
-            r.logprobs.extend(out.logprobs)
-            r.finish_reason = out.finish_reason or r.finish_reason
+    async for choice, out in stream:
+        raise_if_failed(out)
+        usage.update(choice, out)
+        r = results[choice.index]
+        r.text += out.text
+        r.logprobs.extend(out.logprobs)
+        r.finish_reason = out.finish_reason or r.finish_reason
     return results, usage.usage()
+
+
+async def collect_unless_disconnected(raw_request: Request, first: ChoiceOutput, rest: AsyncIterator[ChoiceOutput],
+                                      choices: list[ChoiceRequest]) -> tuple[dict[int, ChoiceText], Usage]:
+    """A whole non-streaming response; if the client leaves first, its engine requests are aborted."""
+    async with contextlib.aclosing(rest):  # closed here even if the collecting task never got to start
+        return await run_unless_disconnected(raw_request, collect(_chain(first, rest), choices))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,7 +399,7 @@ class OpenAIServing:
         first, stream = await self.start(raw_request, choices, arrival_s)
         if req.stream:
             return EventStreamResponse(self.completion_events(req, request_id, choices, first, stream, echo))
-        results, usage = await run_unless_disconnected(raw_request, collect(_chain(first, stream), choices))
+        results, usage = await collect_unless_disconnected(raw_request, first, stream, choices)
         response = CompletionResponse(id=request_id, model=req.model, usage=usage, choices=[
             CompletionChoice(index=i, text=echo.get(i, "") + r.text, finish_reason=_finish_name(r.finish_reason),
                              logprobs=self.completion_logprobs(r.logprobs, len(echo.get(i, "")))
@@ -409,7 +418,7 @@ class OpenAIServing:
         first, stream = await self.start(raw_request, choices, arrival_s)
         if req.stream:
             return EventStreamResponse(self.chat_events(req, request_id, choices, first, stream))
-        results, usage = await run_unless_disconnected(raw_request, collect(_chain(first, stream), choices))
+        results, usage = await collect_unless_disconnected(raw_request, first, stream, choices)
         response = ChatCompletionResponse(id=request_id, model=req.model, usage=usage, choices=[
             ChatCompletionChoice(index=i, message=AssistantMessage(content=r.text),
                                  finish_reason=_finish_name(r.finish_reason),

@@ -10,6 +10,7 @@ import torch
 
 from ..model.attention import AttentionMetadata, build_group
 from ..model.model import CausalLM
+from ..model.moe import Experts
 from .request import TokenLogprob
 from .sampler import sample
 from .scheduler import ScheduledRequest, SchedulerOutput
@@ -54,7 +55,8 @@ class ModelRunner:
         # one extra block that no request owns: padding rows of captured graphs write there
         self.kv_caches = allocate_kv_caches(model, num_blocks + 1, block_size, dtype, self.device)
         self.graphs = None
-        if cuda_graph_max_batch and self.device.type == "cuda":
+        capturable = all(m.capturable for m in model.modules() if isinstance(m, Experts))
+        if cuda_graph_max_batch and self.device.type == "cuda" and capturable:
             from .cuda_graph import CudaGraphDecoder
 
             self.graphs = CudaGraphDecoder(

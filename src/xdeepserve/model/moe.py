@@ -102,28 +102,37 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
         t, k = topk_ids.shape
-        flat = topk_ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)
+        order = torch.argsort(topk_ids.reshape(-1), stable=True)
         token_of = order // k
         xs = x.index_select(0, token_of)
         counts = self.tokens_per_expert(topk_ids)
-        if _grouped_mm_available(x.device, x.dtype):
-            offs = torch.cumsum(counts, 0, dtype=torch.int32)
-            h = torch._grouped_mm(xs, self.w13.transpose(-2, -1), offs=offs)
-            gate, up = h.split(self.intermediate, dim=-1)
-            ys = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(-2, -1), offs=offs)
-        else:
-            ys = torch.empty_like(xs)
-            start = 0
-            for e, n in enumerate(counts.tolist()):
-                if n == 0:
-                    continue
-                seg = xs[start : start + n]
-                gate, up = F.linear(seg, self.w13[e]).split(self.intermediate, dim=-1)
-                ys[start : start + n] = F.linear(F.silu(gate) * up, self.w2[e])
-                start += n
+        run = self.run_grouped if _grouped_mm_available(x.device, x.dtype) else self.run_loop
+        ys = run(xs, counts)
         ys = ys * topk_weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, ys)
+
+    def run_grouped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """All experts in two ``torch._grouped_mm`` calls; rows of ``xs`` are sorted by expert."""
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        h = torch._grouped_mm(xs, self.w13.transpose(-2, -1), offs=offs)
+        gate, up = h.split(self.intermediate, dim=-1)
+        return torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(-2, -1), offs=offs)
+
+    def run_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """One matmul pair per expert over its contiguous slice (needs the counts on the host)."""
+        ys = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts.tolist()):
+            if n:
+                gate, up = F.linear(xs[start : start + n], self.w13[e]).split(self.intermediate, dim=-1)
+                ys[start : start + n] = F.linear(F.silu(gate) * up, self.w2[e])
+                start += n
+        return ys
+
+    @property
+    def capturable(self) -> bool:
+        """Whether forward runs without host syncs (so it can be captured in a CUDA graph)."""
+        return _grouped_mm_available(self.w13.device, self.w13.dtype)
 
 
 class MoE(nn.Module):
