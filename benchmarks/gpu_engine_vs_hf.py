@@ -35,43 +35,55 @@ OLMOE_SHAPE = dict(
 )
 
 
-def copy_bandwidth_bytes_per_s(nbytes: int = 2 << 30) -> float:
+TINY_SHAPE = dict(OLMOE_SHAPE, vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=32, moe_intermediate_size=64, num_experts=8,
+                  num_experts_per_tok=2)  # --tiny: a CPU smoke test of this script, not a measurement
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth_bytes_per_s(device: str, nbytes: int = 2 << 30) -> float:
     """Device-to-device copy rate, counting bytes read and written (gpt-fast's convention)."""
-    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    if not device.startswith("cuda"):
+        nbytes = 64 << 20
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
-    torch.cuda.synchronize()
+    _sync(device)
     t = time.perf_counter()
     for _ in range(10):
         b.copy_(a)
-    torch.cuda.synchronize()
+    _sync(device)
     return 2 * nbytes * 10 / (time.perf_counter() - t)
 
 
-def build_hf(seed: int):
+def build_hf(seed: int, shape: dict, device: str):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3MoeConfig(**OLMOE_SHAPE)
-    with torch.device("cuda"):
+    cfg = Qwen3MoeConfig(**shape)
+    with torch.device(device):
         model = Qwen3MoeForCausalLM._from_config(cfg, dtype=torch.bfloat16)
     return model.eval()
 
 
-def hf_generate(model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, torch.Tensor]:
+def hf_generate(model, prompts: torch.Tensor, new_tokens: int, device: str) -> tuple[float, torch.Tensor]:
     model.generation_config.eos_token_id = None
     kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         model.generate(prompts[:, :8], max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
-        torch.cuda.synchronize()
+        _sync(device)
         t = time.perf_counter()
         out = model.generate(prompts, **kw)
-        torch.cuda.synchronize()
+        _sync(device)
     return time.perf_counter() - t, out[:, prompts.shape[1] :].cpu()
 
 
-def engine_generate(core: EngineCore, prompts: torch.Tensor, new_tokens: int):
+def engine_generate(core: EngineCore, prompts: torch.Tensor, new_tokens: int, device: str):
     sp = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     # warm-up: capture the graphs this batch will use (a production server does this at start-up)
     for i, p in enumerate(prompts.tolist()):
@@ -81,7 +93,7 @@ def engine_generate(core: EngineCore, prompts: torch.Tensor, new_tokens: int):
         core.add_request(f"r{i}", p, sp)
     outs: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
     decode_times = []
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     while core.has_work():
         decode_only = all(r.num_computed_tokens == r.num_tokens - 1 for r in core.scheduler.running) and not core.scheduler.waiting
@@ -94,6 +106,34 @@ def engine_generate(core: EngineCore, prompts: torch.Tensor, new_tokens: int):
     return total, torch.tensor([outs[f"r{i}"] for i in range(len(prompts))]), decode_times
 
 
+def profile_decode(core: EngineCore, prompts: torch.Tensor, new_tokens: int) -> None:
+    """GPU time of one graph replay (CUDA events), and the top kernels of one eager decode step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sp = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    for i, p in enumerate(prompts.tolist()):
+        core.add_request(f"p{i}", p, sp)
+    while core.scheduler.waiting or any(r.num_computed_tokens < r.num_tokens - 1 for r in core.scheduler.running):
+        core.step()
+    for _ in range(3):
+        core.step()
+    (b, k), (graph, _) = max(core.runner.graphs.graphs.items())
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    print(f"graph replay alone (batch {b}, context bucket {k}): {start.elapsed_time(end) / 10:.2f} ms")
+    graphs, core.runner.graphs = core.runner.graphs, None
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        core.step()
+        torch.cuda.synchronize()
+    core.runner.graphs = graphs
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+    core.run_until_done()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
@@ -101,14 +141,19 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test the script on a tiny shape (CPU ok)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", action="store_true", help="print graph replay time and top kernels")
     args = ap.parse_args()
-    props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")
-    bw = copy_bandwidth_bytes_per_s()
+    dev = args.device
+    shape = TINY_SHAPE if args.tiny else OLMOE_SHAPE
+    name = torch.cuda.get_device_properties(0).name if dev.startswith("cuda") else "cpu"
+    print(f"device: {name}, torch {torch.__version__}")
+    bw = copy_bandwidth_bytes_per_s(dev)
     print(f"measured copy bandwidth: {bw / 1e12:.2f} TB/s")
 
     t = time.perf_counter()
-    hf = build_hf(args.seed)
+    hf = build_hf(args.seed, shape, dev)
     ours = from_hf_model(hf, max_positions=4096)
     n_params = sum(p.numel() for p in hf.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.named_parameters() if "embed_tokens" not in n)
@@ -116,21 +161,27 @@ def main() -> None:
           f"built in {time.perf_counter() - t:.0f} s")
 
     gen = torch.Generator().manual_seed(args.seed)
-    prompts = torch.randint(5, OLMOE_SHAPE["vocab_size"], (args.batch, args.prompt_len), generator=gen)
+    prompts = torch.randint(5, shape["vocab_size"], (args.batch, args.prompt_len), generator=gen)
 
-    t_hf, hf_tokens = hf_generate(hf, prompts.cuda(), args.new_tokens)
+    t_hf, hf_tokens = hf_generate(hf, prompts.to(dev), args.new_tokens, dev)
     n_tokens = args.batch * args.new_tokens
     print(f"HF generate: {t_hf:.2f} s, {n_tokens / t_hf:.1f} tok/s")
     del hf
-    torch.cuda.empty_cache()
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
 
     max_len = args.prompt_len + args.new_tokens + 16
-    cfg = EngineConfig(model="olmoe-shaped-random", device="cuda", dtype="bfloat16", max_model_len=max_len,
+    cfg = EngineConfig(model="olmoe-shaped-random", device=dev, dtype="bfloat16", max_model_len=max_len,
                        max_num_seqs=args.batch, max_num_batched_tokens=8192,
-                       kv_cache_memory_bytes=16 << 30, enable_prefix_caching=False)
+                       kv_cache_memory_bytes=6 << 30, enable_prefix_caching=False)
     bundle = ModelBundle(None, ours.config, ours, None, GenerationDefaults())
     core = EngineCore(cfg, bundle)
-    t_eng, eng_tokens, decode_times = engine_generate(core, prompts, args.new_tokens)
+    t_eng, eng_tokens, decode_times = engine_generate(core, prompts, args.new_tokens, dev)
+    graph_steps = len(core.runner.graphs.graphs) if core.runner.graphs else 0
+    print(f"engine: {t_eng:.2f} s; CUDA graphs captured: {graph_steps}")
+    if args.profile and core.runner.graphs:
+        profile_decode(core, prompts, args.new_tokens)
+    del core
     step = sorted(decode_times)[len(decode_times) // 2]
     decode_tps = args.batch / step
     roofline_tps = args.batch / (weight_bytes / bw)
@@ -139,7 +190,7 @@ def main() -> None:
     same_first = (eng_tokens[:, :4] == hf_tokens[:, :4]).all(dim=1).float().mean().item()
 
     core_eager = EngineCore(EngineConfig(**{**cfg.__dict__, "cuda_graphs": False}), bundle)
-    t_eager, eager_tokens, eager_steps = engine_generate(core_eager, prompts, args.new_tokens)
+    t_eager, eager_tokens, eager_steps = engine_generate(core_eager, prompts, args.new_tokens, dev)
     eager_step = sorted(eager_steps)[len(eager_steps) // 2]
     graph_vs_eager = (eager_tokens == eng_tokens).float().mean().item()
 
@@ -156,7 +207,7 @@ def main() -> None:
     print(f"first 4 greedy tokens equal to HF: {100 * same_first:.0f} % of requests (bf16 batch numerics differ)")
     print(f"graph vs eager engine tokens identical: {100 * graph_vs_eager:.1f} %")
     result = dict(
-        device=props.name, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        device=name, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
         bandwidth_tb_s=bw / 1e12, hf_tok_s=n_tokens / t_hf, engine_tok_s=n_tokens / t_eng,
         engine_eager_tok_s=n_tokens / t_eager, decode_step_ms=step * 1e3, eager_decode_step_ms=eager_step * 1e3,
         decode_tok_s=decode_tps, roofline_tok_s=roofline_tps, pct_roofline=100 * decode_tps / roofline_tps,

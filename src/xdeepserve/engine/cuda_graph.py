@@ -15,6 +15,9 @@ from ..model.attention import AttentionMetadata, decode_group
 from ..model.model import CausalLM
 
 
+KV_BUCKET_TOKENS = 64
+
+
 def _bucket(n: int, sizes: list[int]) -> int | None:
     return next((s for s in sizes if s >= n), None)
 
@@ -35,11 +38,10 @@ class CudaGraphDecoder:
         self.dtype = next(model.parameters()).dtype
         self.batch_sizes = [1, 2, 4, 8] + list(range(16, max_batch + 16, 16))
         self.batch_sizes = [b for b in self.batch_sizes if b < max_batch] + [max_batch]
-        k, self.kv_sizes = 256, []
-        while k < max_model_len:
-            self.kv_sizes.append(k)
-            k *= 2
-        self.kv_sizes.append(-(-max_model_len // block_size) * block_size)
+        # context buckets: fine steps (the padded K/V is gathered every layer), coarser for long contexts
+        step = -(-KV_BUCKET_TOKENS // block_size) * block_size
+        top = -(-max_model_len // block_size) * block_size
+        self.kv_sizes = sorted({min(k, top) for k in range(step, top + step, step)})
         max_blocks = self.kv_sizes[-1] // block_size
         self.scratch_block = scratch_block
         dev = self.device
@@ -81,17 +83,12 @@ class CudaGraphDecoder:
         b = _bucket(n, self.batch_sizes)
         k = _bucket(max(seq_lens), self.kv_sizes)
         nblk = k // self.block_size
-        table = torch.full((b, nblk), self.scratch_block, dtype=torch.long)
-        for row, ids in enumerate(block_tables):
-            ids = ids[:nblk]
-            table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        ids = torch.zeros(b, dtype=torch.long)
-        ids[:n] = torch.tensor(token_ids, dtype=torch.long)
-        lens = torch.ones(b, dtype=torch.long)
-        lens[:n] = torch.tensor(seq_lens, dtype=torch.long)
-        self.input_ids[:b].copy_(ids, non_blocking=True)
-        self.seq_lens[:b].copy_(lens, non_blocking=True)
-        self.block_tables[:b, :nblk].copy_(table, non_blocking=True)
+        pad = [self.scratch_block] * nblk
+        table = [ids[:nblk] + pad[: nblk - min(len(ids), nblk)] for ids in block_tables]
+        table += [pad] * (b - n)
+        self.input_ids[:b].copy_(torch.tensor(token_ids + [0] * (b - n)), non_blocking=True)
+        self.seq_lens[:b].copy_(torch.tensor(seq_lens + [1] * (b - n)), non_blocking=True)
+        self.block_tables[:b, :nblk].copy_(torch.tensor(table), non_blocking=True)
         if (b, k) not in self.graphs:
             self.graphs[(b, k)] = self._capture(b, k)
         graph, out = self.graphs[(b, k)]
