@@ -14,7 +14,6 @@ import torch
 from ..model.attention import AttentionMetadata, decode_group
 from ..model.model import CausalLM
 
-
 KV_BUCKET_TOKENS = 64
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import paged_attention
 from .config import ModelConfig
 from .layers import FusedLinear, RMSNorm, RotaryEmbedding
 
@@ -35,6 +36,10 @@ class AttentionGroup:
     mask: torch.Tensor  # [B, 1, Qmax, Kmax] additive float mask: 0 = attend, -inf = masked
     token_rows: torch.Tensor  # [n_tokens_in_group] flat token indices, in query_index's valid order
     max_query_len: int
+    # decode groups also carry the paged layout itself, for kernels that read the cache in place
+    block_tables: torch.Tensor | None = None  # [B, n] block ids
+    seq_lens: torch.Tensor | None = None  # [B]
+    block_size: int = 0
 
 
 @dataclass
@@ -77,6 +82,7 @@ def build_group(
     token_rows = query_index[query_valid]
     # additive rather than boolean: SDPA would convert a boolean mask again in every layer
     additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
+    decode = q_max == 1
     return AttentionGroup(
         query_index=query_index.to(device),
         query_valid=query_valid.to(device),
@@ -84,6 +90,9 @@ def build_group(
         mask=additive.unsqueeze(1).to(device),
         token_rows=token_rows.to(device),
         max_query_len=q_max,
+        block_tables=block_tables.to(device) if decode else None,
+        seq_lens=s_len.to(device) if decode else None,
+        block_size=block_size,
     )
 
 
@@ -111,6 +120,9 @@ def decode_group(
         mask=mask,
         token_rows=rows,
         max_query_len=1,
+        block_tables=block_tables,
+        seq_lens=seq_lens,
+        block_size=block_size,
     )
     return group, positions, slot_mapping
 
@@ -170,6 +182,12 @@ class GQAAttention(nn.Module):
         v_cache[meta.slot_mapping] = v.to(v_cache.dtype)
         out = q.new_empty(t, self.num_heads, self.head_dim)
         for g in meta.groups:
+            if g.max_query_len == 1 and g.block_tables is not None and paged_attention.available(q, k_cache, v_cache):
+                qd = q.index_select(0, g.token_rows)
+                out[g.token_rows] = paged_attention.paged_decode(
+                    qd, k_cache, v_cache, g.block_tables, g.seq_lens, g.block_size, self.scale
+                )
+                continue
             qg = q[g.query_index]
             kg = k_cache[g.key_slots].to(q.dtype)
             vg = v_cache[g.key_slots].to(q.dtype)
