@@ -183,11 +183,14 @@ class GQAAttention(nn.Module):
         out = q.new_empty(t, self.num_heads, self.head_dim)
         for g in meta.groups:
             if g.max_query_len == 1 and g.block_tables is not None and paged_attention.available(q, k_cache, v_cache):
-                qd = q.index_select(0, g.token_rows)
-                out[g.token_rows] = paged_attention.paged_decode(
-                    qd, k_cache, v_cache, g.block_tables, g.seq_lens, g.block_size, self.scale
-                )
-                continue
+                try:
+                    out[g.token_rows] = paged_attention.paged_decode(
+                        q.index_select(0, g.token_rows), k_cache, v_cache, g.block_tables, g.seq_lens,
+                        g.block_size, self.scale,
+                    )
+                    continue
+                except Exception as e:  # a kernel that fails to build must not take serving down
+                    paged_attention.disable(f"{type(e).__name__}: {e}")
             qg = q[g.query_index]
             kg = k_cache[g.key_slots].to(q.dtype)
             vg = v_cache[g.key_slots].to(q.dtype)

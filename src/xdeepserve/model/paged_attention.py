@@ -9,7 +9,11 @@ tests check it against the gather + SDPA path.
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs lack it
     import triton
@@ -24,8 +28,24 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+_disabled_reason: str | None = None
+
+
 def available(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
-    return triton is not None and q.is_cuda and _pow2(k_cache.shape[-1]) and _pow2(v_cache.shape[-1])
+    return (
+        _disabled_reason is None
+        and triton is not None
+        and q.is_cuda
+        and _pow2(k_cache.shape[-1])
+        and _pow2(v_cache.shape[-1])
+    )
+
+
+def disable(reason: str) -> None:
+    """Turn the kernel off for this process (e.g. it failed to compile); callers fall back to SDPA."""
+    global _disabled_reason
+    _disabled_reason = reason
+    log.warning("Triton paged decode attention disabled: %s", reason)
 
 
 if triton is not None:
