@@ -56,9 +56,7 @@ class CudaGraphDecoder:
 
     def _forward(self, b: int, k: int) -> torch.Tensor:
         nblk = k // self.block_size
-        group, positions, slots = decode_group(
-            self.seq_lens[:b], self.block_tables[:b, :nblk], self.block_size, k, self.dtype
-        )
+        group, positions, slots = decode_group(self.seq_lens[:b], self.block_tables[:b, :nblk], self.block_size, self.dtype)
         meta = AttentionMetadata(positions=positions, slot_mapping=slots, groups=[group], num_tokens=b)
         hidden = self.model(self.input_ids[:b], meta, self.kv_caches)
         return self.model.compute_logits(hidden)

@@ -34,7 +34,7 @@ def num_blocks_for_memory(model: CausalLM, memory_bytes: int, block_size: int, d
     return max(1, memory_bytes // (per_token * block_size))
 
 
-DECODE_BUCKET = 16  # decodes per padded attention group
+DECODE_BUCKET = 8  # decodes per padded attention group
 
 
 class ModelRunner:

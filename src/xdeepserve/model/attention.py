@@ -27,19 +27,24 @@ class AttentionGroup:
     """Sequences attended together in one padded SDPA call.
 
     Decodes (query_len == 1) and prefills are put in separate groups so a long prefill chunk does not
-    pad every decode's query to its length.
+    pad every decode's query to its length. Keys are gathered a whole cache block at a time (one
+    contiguous copy per block, not per token) and padded to ``block_tables.shape[1] * block_size``.
     """
 
     query_index: torch.Tensor  # [B, Qmax] flat token index of each (padded) query row
     query_valid: torch.Tensor  # [B, Qmax] bool
-    key_slots: torch.Tensor  # [B, Kmax] cache slot of each (padded) key position
     mask: torch.Tensor  # [B, 1, Qmax, Kmax] additive float mask: 0 = attend, -inf = masked
     token_rows: torch.Tensor  # [n_tokens_in_group] flat token indices, in query_index's valid order
     max_query_len: int
-    # decode groups also carry the paged layout itself, for kernels that read the cache in place
-    block_tables: torch.Tensor | None = None  # [B, n] block ids
-    seq_lens: torch.Tensor | None = None  # [B]
-    block_size: int = 0
+    block_tables: torch.Tensor  # [B, n] block ids (padding entries: any valid block)
+    seq_lens: torch.Tensor  # [B] context length after this step
+    block_size: int
+
+    def gather(self, cache: torch.Tensor) -> torch.Tensor:
+        """``[slots, H, W]`` cache -> ``[B, Kmax, H, W]`` keys (or values) of the group's sequences."""
+        b, n = self.block_tables.shape
+        blocks = cache.view(-1, self.block_size, *cache.shape[1:])
+        return blocks.index_select(0, self.block_tables.reshape(-1)).view(b, n * self.block_size, *cache.shape[1:])
 
 
 @dataclass
@@ -59,13 +64,29 @@ def build_group(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ) -> AttentionGroup:
-    """Padded index tensors for one group.
+    """Padded index tensors for one group, built on the host.
 
     ``seq_lens[i]`` is the context length of sequence i after this step (cached + new);
-    ``block_tables`` is ``[B, max_blocks]`` (CPU, long), padded with any valid block id.
+    ``block_tables`` is ``[B, n]`` (CPU, long) with ``n * block_size >= max(seq_lens)``, padded with any
+    valid block id.
     """
     q_max = max(query_lens)
-    k_max = max(seq_lens)
+    k_max = block_tables.shape[1] * block_size
+    if q_max == 1:  # decode: every row valid, a key is attended iff it is cached (fewer host ops)
+        s_len = torch.tensor(seq_lens)
+        rows = torch.tensor(query_starts)
+        additive = torch.zeros(len(seq_lens), 1, 1, k_max, dtype=dtype)
+        additive.masked_fill_((torch.arange(k_max)[None, :] >= s_len[:, None])[:, None, None, :], float("-inf"))
+        return AttentionGroup(
+            query_index=rows[:, None].to(device),
+            query_valid=torch.ones(len(seq_lens), 1, dtype=torch.bool, device=device),
+            mask=additive.to(device),
+            token_rows=rows.to(device),
+            max_query_len=1,
+            block_tables=block_tables.to(device),
+            seq_lens=s_len.to(device),
+            block_size=block_size,
+        )
     q_len = torch.tensor(query_lens)
     s_len = torch.tensor(seq_lens)
     q_start = torch.tensor(query_starts)
@@ -73,7 +94,6 @@ def build_group(
     query_valid = q_ar[None, :] < q_len[:, None]
     query_index = torch.where(query_valid, q_start[:, None] + q_ar[None, :], torch.zeros((), dtype=torch.long))
     k_ar = torch.arange(k_max)
-    key_slots = block_tables[:, k_ar // block_size] * block_size + (k_ar % block_size)[None, :]
     # query row r of sequence i sits at absolute position seq_len - query_len + r
     q_pos = (s_len - q_len)[:, None] + q_ar[None, :]
     mask = k_ar[None, None, :] <= q_pos[:, :, None]
@@ -82,41 +102,38 @@ def build_group(
     token_rows = query_index[query_valid]
     # additive rather than boolean: SDPA would convert a boolean mask again in every layer
     additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
-    decode = q_max == 1
     return AttentionGroup(
         query_index=query_index.to(device),
         query_valid=query_valid.to(device),
-        key_slots=key_slots.to(device),
         mask=additive.unsqueeze(1).to(device),
         token_rows=token_rows.to(device),
         max_query_len=q_max,
-        block_tables=block_tables.to(device) if decode else None,
-        seq_lens=s_len.to(device) if decode else None,
+        block_tables=block_tables.to(device),
+        seq_lens=s_len.to(device),
         block_size=block_size,
     )
 
 
 def decode_group(
-    seq_lens: torch.Tensor, block_tables: torch.Tensor, block_size: int, k_max: int, dtype: torch.dtype
+    seq_lens: torch.Tensor, block_tables: torch.Tensor, block_size: int, dtype: torch.dtype
 ) -> tuple[AttentionGroup, torch.Tensor, torch.Tensor]:
     """Decode-only metadata computed on the device from ``seq_lens [B]`` and ``block_tables [B, n]``.
 
     Pure tensor ops with static shapes, so it can run inside a captured CUDA graph. Returns the group,
     the new tokens' positions and their cache slots.
     """
-    b = seq_lens.shape[0]
+    b, n = block_tables.shape
     dev = seq_lens.device
     positions = seq_lens - 1
     rows = torch.arange(b, device=dev)
     slot_mapping = block_tables[rows, positions // block_size] * block_size + positions % block_size
-    k_ar = torch.arange(k_max, device=dev)
-    key_slots = block_tables[:, k_ar // block_size] * block_size + (k_ar % block_size)[None, :]
-    masked = k_ar[None, :] >= seq_lens[:, None]
-    mask = torch.zeros(b, 1, 1, k_max, dtype=dtype, device=dev).masked_fill_(masked[:, None, None, :], float("-inf"))
+    masked = torch.arange(n * block_size, device=dev)[None, :] >= seq_lens[:, None]
+    mask = torch.zeros(b, 1, 1, n * block_size, dtype=dtype, device=dev).masked_fill_(
+        masked[:, None, None, :], float("-inf")
+    )
     group = AttentionGroup(
         query_index=rows[:, None],
         query_valid=torch.ones(b, 1, dtype=torch.bool, device=dev),
-        key_slots=key_slots,
         mask=mask,
         token_rows=rows,
         max_query_len=1,
@@ -182,7 +199,7 @@ class GQAAttention(nn.Module):
         v_cache[meta.slot_mapping] = v.to(v_cache.dtype)
         out = q.new_empty(t, self.num_heads, self.head_dim)
         for g in meta.groups:
-            if g.max_query_len == 1 and g.block_tables is not None and paged_attention.available(q, k_cache, v_cache):
+            if g.max_query_len == 1 and paged_attention.available(q, k_cache, v_cache):
                 try:
                     out[g.token_rows] = paged_attention.paged_decode(
                         q.index_select(0, g.token_rows), k_cache, v_cache, g.block_tables, g.seq_lens,
@@ -191,10 +208,10 @@ class GQAAttention(nn.Module):
                     continue
                 except Exception as e:  # a kernel that fails to build must not take serving down
                     paged_attention.disable(f"{type(e).__name__}: {e}")
-            qg = q[g.query_index]
-            kg = k_cache[g.key_slots].to(q.dtype)
-            vg = v_cache[g.key_slots].to(q.dtype)
-            out[g.token_rows] = _sdpa(qg, kg, vg, g, self.scale)
+            qg = q.index_select(0, g.token_rows).unsqueeze(1) if g.max_query_len == 1 else q[g.query_index]
+            kg = g.gather(k_cache).to(q.dtype)
+            vg = g.gather(v_cache).to(q.dtype)
+            out.index_copy_(0, g.token_rows, _sdpa(qg, kg, vg, g, self.scale))
         return self.o_proj(out.view(t, -1))
 
 
@@ -254,7 +271,7 @@ class MLAAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [H, nope, L], [H, v, L]
         out = q.new_empty(t, self.num_heads, self.v_dim)
         for g in meta.groups:
-            lat = cache[g.key_slots].to(q.dtype)  # [B, K, 1, L+R]
+            lat = g.gather(cache).to(q.dtype)  # [B, K, 1, L+R]
             qn, qp = q_nope[g.query_index], q_pe[g.query_index]  # [B, Q, H, *]
             if g.max_query_len == 1:
                 # absorbed: q_lat = q_nope · W_UK, attend over latents, then project by W_UV

@@ -81,6 +81,9 @@ def _grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
+PADDED_BMM_MAX_PAIRS = 512  # (token, expert) pairs up to which the padded batched matmul is used
+
+
 class Experts(nn.Module):
     """Routed experts with stacked weights: ``w13 [E, 2I, H]`` (gate rows then up rows), ``w2 [E, H, I]``.
 
@@ -106,8 +109,12 @@ class Experts(nn.Module):
         token_of = order // k
         xs = x.index_select(0, token_of)
         counts = self.tokens_per_expert(topk_ids)
-        run = self.run_grouped if _grouped_mm_available(x.device, x.dtype) else self.run_loop
-        ys = run(xs, counts)
+        if _grouped_mm_available(x.device, x.dtype):
+            ys = self.run_grouped(xs, counts)
+        elif xs.shape[0] <= PADDED_BMM_MAX_PAIRS:
+            ys = self.run_padded(xs, counts)
+        else:
+            ys = self.run_loop(xs, counts)
         ys = ys * topk_weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, ys)
 
@@ -131,6 +138,21 @@ class Experts(nn.Module):
         h = torch._grouped_mm(xs, self.w13.transpose(-2, -1), offs=offs)
         gate, up = h.split(self.intermediate, dim=-1)
         return torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(-2, -1), offs=offs)
+
+    def run_padded(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Small batches: every expert's rows padded to the busiest expert's count, then one batched
+        matmul per projection instead of two small matmuls per expert (decode on CPU is call-bound)."""
+        counts_l = counts.tolist()
+        cap = max(counts_l)
+        starts = torch.cumsum(counts, 0) - counts
+        expert_of = torch.repeat_interleave(torch.arange(self.num_experts, device=xs.device), counts)
+        slot = torch.arange(xs.shape[0], device=xs.device) - starts[expert_of] + expert_of * cap
+        padded = xs.new_zeros(self.num_experts * cap, xs.shape[1])
+        padded[slot] = xs
+        h = torch.bmm(padded.view(self.num_experts, cap, -1), self.w13.transpose(1, 2))
+        gate, up = h.split(self.intermediate, dim=-1)
+        y = torch.bmm(F.silu(gate) * up, self.w2.transpose(1, 2))
+        return y.view(self.num_experts * cap, -1)[slot]
 
     def run_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """One matmul pair per expert over its contiguous slice (needs the counts on the host)."""
