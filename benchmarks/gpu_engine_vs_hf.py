@@ -147,8 +147,8 @@ def main() -> None:
     args = ap.parse_args()
     dev = args.device
     shape = TINY_SHAPE if args.tiny else OLMOE_SHAPE
-    name = torch.cuda.get_device_properties(0).name if dev.startswith("cuda") else "cpu"
-    print(f"device: {name}, torch {torch.__version__}")
+    device_name = torch.cuda.get_device_properties(0).name if dev.startswith("cuda") else "cpu"
+    print(f"device: {device_name}, torch {torch.__version__}")
     bw = copy_bandwidth_bytes_per_s(dev)
     print(f"measured copy bandwidth: {bw / 1e12:.2f} TB/s")
 
@@ -207,7 +207,7 @@ def main() -> None:
     print(f"first 4 greedy tokens equal to HF: {100 * same_first:.0f} % of requests (bf16 batch numerics differ)")
     print(f"graph vs eager engine tokens identical: {100 * graph_vs_eager:.1f} %")
     result = dict(
-        device=name, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        device=device_name, batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
         bandwidth_tb_s=bw / 1e12, hf_tok_s=n_tokens / t_hf, engine_tok_s=n_tokens / t_eng,
         engine_eager_tok_s=n_tokens / t_eager, decode_step_ms=step * 1e3, eager_decode_step_ms=eager_step * 1e3,
         decode_tok_s=decode_tps, roofline_tok_s=roofline_tps, pct_roofline=100 * decode_tps / roofline_tps,

@@ -66,7 +66,10 @@ def cmd_make_model(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api.server import run_server
 
-    run_server(_engine_config(args), args.host, args.port)
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(_engine_config(args), args.host, args.port, log_level=args.log_level)
     return 0
 
 
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("generate", help="offline generation for scripts")

@@ -138,6 +138,14 @@ class EngineCore:
             )
         return outs
 
+    def warm_up(self) -> None:
+        """Run one short request through prefill and decode so the first real request does not pay
+        for first-call initialisation; counters are reset afterwards."""
+        self.add_request("__warmup__", [0] * min(8, self.max_model_len - 3), SamplingParams(max_tokens=2, ignore_eos=True))
+        self.run_until_done()
+        self.prompt_tokens = self.generation_tokens = self.num_steps = 0
+        self.kv.prefix_hit_tokens = self.kv.prefix_query_tokens = 0
+
     def stats(self) -> EngineStats:
         return EngineStats(
             num_waiting=len(self.scheduler.waiting),

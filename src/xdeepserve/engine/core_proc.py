@@ -31,6 +31,7 @@ from .request import EngineOutput, FinishReason, InvalidRequestError, SamplingPa
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.25
+STATS_MIN_INTERVAL_S = 0.02  # when requests finish, stats go out at once, but not more often than this
 REJECTED = "invalid request: "  # prefix of the error of a request the engine refused to admit
 IDLE_POLL_MS = 100
 GC_EVERY_STEPS = 500  # proactive GC (paper §4.4): collect at a safe point, not mid-step
@@ -95,6 +96,7 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
         from .core import EngineCore
 
         core = EngineCore(config)
+        core.warm_up()
     except Exception as e:
         to_frontend.send(pack("fatal", f"engine failed to start: {type(e).__name__}: {e}"))
         to_frontend.close(linger=2000)
@@ -107,6 +109,7 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
         target=run_output_process, args=(config.model, addrs), name="xds-output", daemon=True
     )
     child.start()
+    _wait_for_output_process(inp, child)
     to_frontend.send(
         pack(
             "ready",
@@ -152,10 +155,12 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     break
             if not running:
                 break
+            changed = False
             if core.has_work():
                 outs = core.step()
                 if outs:
                     to_output.send(pack("outputs", [_output_to_wire(o) for o in outs]))
+                    changed = any(o.finished for o in outs) or not core.has_work()
                 if core.num_steps % GC_EVERY_STEPS == 0:
                     gc.collect()
             else:
@@ -165,7 +170,7 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     log.warning("frontend (pid %d) is gone; engine core exiting", frontend_pid)
                     break
             now = time.monotonic()
-            if now - last_stats >= STATS_INTERVAL_S:
+            if now - last_stats >= (STATS_MIN_INTERVAL_S if changed else STATS_INTERVAL_S):
                 to_frontend.send(pack("stats", asdict(core.stats())))
                 last_stats = now
     except Exception as e:
@@ -179,6 +184,21 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
         for s in (inp, to_output, to_frontend):
             s.close(linger=500)
         ctx.term()
+
+
+OUTPUT_START_TIMEOUT_S = 120.0
+
+
+def _wait_for_output_process(inp: zmq.Socket, child: mp.Process) -> None:
+    """Block until the output child has its tokenizer and sockets (else the first request would wait
+    for its start-up)."""
+    deadline = time.monotonic() + OUTPUT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if inp.poll(100) and unpack(inp.recv())[0] == "output_ready":
+            return
+        if not child.is_alive():
+            raise RuntimeError(f"output process exited with code {child.exitcode} during start-up")
+    raise RuntimeError(f"output process not ready within {OUTPUT_START_TIMEOUT_S:.0f} s")
 
 
 # ---- output child process ---------------------------------------------------------------------------------
@@ -199,6 +219,7 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
     to_frontend.connect(addrs.frontend)
     to_core = ctx.socket(zmq.PUSH)
     to_core.connect(addrs.core_input)
+    to_core.send(pack("output_ready"))
     states: dict[str, tuple[IncrementalDetokenizer, list[int]]] = {}  # rid -> (detok, [n_output_tokens])
     try:
         while True:
