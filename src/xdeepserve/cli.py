@@ -64,9 +64,9 @@ def cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .api.server import run_server
-
     import logging
+
+    from .api.server import run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_server(_engine_config(args), args.host, args.port, log_level=args.log_level)
