@@ -23,7 +23,7 @@ from ..model.loader import load_tokenizer
 from .config import EngineConfig
 from .core import EngineStats
 from .core_proc import REJECTED, ProcAddresses, logprobs_from_wire, pack, run_engine_core, unpack
-from .request import FinishReason, InvalidRequestError, RequestOutput, SamplingParams
+from .request import FinishReason, InvalidRequestError, RequestOutput, SamplingParams, check_prompt
 
 WATCHDOG_INTERVAL_S = 0.5
 STATS_STALE_S = 10.0
@@ -129,17 +129,8 @@ class AsyncEngineClient:
 
     # ---- requests ----------------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> None:
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise InvalidRequestError("the prompt is empty")
-        if n + sampling.max_tokens > self.max_model_len:
-            raise InvalidRequestError(
-                f"this model's maximum context length is {self.max_model_len} tokens, but the request asks "
-                f"for {n + sampling.max_tokens} ({n} in the prompt + {sampling.max_tokens} max_tokens)"
-            )
-        bad = next((t for t in prompt_token_ids if not (0 <= t < self.vocab_size)), None)
-        if bad is not None:
-            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        check_prompt(prompt_token_ids, max_model_len=self.max_model_len, vocab_size=self.vocab_size,
+                     max_tokens=sampling.max_tokens)
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams

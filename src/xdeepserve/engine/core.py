@@ -14,7 +14,15 @@ import torch
 from ..model.loader import ModelBundle, load_model
 from .config import EngineConfig
 from .kv_cache_manager import KVCacheManager
-from .request import EngineOutput, FinishReason, InvalidRequestError, Request, SamplingParams, TokenLogprob
+from .request import (
+    EngineOutput,
+    FinishReason,
+    InvalidRequestError,
+    Request,
+    SamplingParams,
+    TokenLogprob,
+    check_prompt,
+)
 from .runner import ModelRunner, num_blocks_for_memory
 from .scheduler import Scheduler
 
@@ -74,23 +82,10 @@ class EngineCore:
         self.num_steps = 0
 
     # ---- requests ------------------------------------------------------------------------------------
-    def validate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> None:
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise InvalidRequestError("the prompt is empty")
-        if n >= self.max_model_len:
-            raise InvalidRequestError(
-                f"the prompt has {n} tokens but this model's context length is {self.max_model_len} "
-                f"(at least one token must be left to generate)"
-            )
-        bad = next((t for t in prompt_token_ids if not (0 <= t < self.vocab_size)), None)
-        if bad is not None:
-            raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams) -> None:
         if request_id in self.scheduler.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight")
-        self.validate(prompt_token_ids, sampling)
+        check_prompt(prompt_token_ids, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
         req = Request(request_id, list(prompt_token_ids), sampling, eos_token_ids=self.eos_token_ids)
         self.scheduler.add(req)
         self.prompt_tokens += len(prompt_token_ids)

@@ -58,6 +58,29 @@ class SamplingParams:
         return cls(**{**d, "stop": tuple(d.get("stop", ())), "stop_token_ids": tuple(d.get("stop_token_ids", ()))})
 
 
+def check_prompt(
+    prompt_token_ids: list[int], *, max_model_len: int, vocab_size: int, max_tokens: int | None = None
+) -> None:
+    """Refuse prompts the engine cannot serve. With ``max_tokens`` (the HTTP edge), prompt plus
+    ``max_tokens`` must fit the context; without (the engine), one token must be left to generate."""
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise InvalidRequestError("the prompt is empty")
+    if max_tokens is not None and n + max_tokens > max_model_len:
+        raise InvalidRequestError(
+            f"this model's maximum context length is {max_model_len} tokens, but the request asks "
+            f"for {n + max_tokens} ({n} in the prompt + {max_tokens} max_tokens)"
+        )
+    if n >= max_model_len:
+        raise InvalidRequestError(
+            f"the prompt has {n} tokens but this model's context length is {max_model_len} "
+            f"(at least one token must be left to generate)"
+        )
+    bad = next((t for t in prompt_token_ids if not (0 <= t < vocab_size)), None)
+    if bad is not None:
+        raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens or the context limit
