@@ -1,0 +1,247 @@
+"""An XCCL group: rendezvous, one channel per peer (shared memory or gloo), p2p send/recv.
+
+Ranks meet through a torch.distributed ``TCPStore``. Each declares a host identity; pairs on the same
+host talk through shared-memory regions, other pairs through a gloo process group over TCP. Two "hosts"
+on one machine are simulated simply by declaring different host ids (traffic then goes over loopback).
+
+    group = XcclGroup.init(rank, world_size, store_addr=("127.0.0.1", port), host_id="host-a")
+    group.send(tensor, peer=1, event_id=7)
+    group.recv(out, peer=0, event_id=7)
+    handle = group.isend(tensor, peer=1, event_id=8); handle.wait()
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from .errors import EventMismatchError, MessageSizeError, PeerDeadError, XcclError, XcclTimeoutError
+from .p2p_shm import ShmChannel, as_bytes
+from .poll import PollPolicy, pid_alive
+from .region import Region, RegionLayout, cleanup_stale_segments
+
+
+@dataclass(frozen=True)
+class XcclConfig:
+    lanes: int = 2  # parallel copy lanes per pair (the paper's AIV cores)
+    slots: int = 4  # ring slots per lane (>= 2: copy-in and copy-out overlap)
+    slot_bytes: int = 256 * 1024
+    timeout_s: float = 30.0  # every wait has this deadline
+    policy: PollPolicy = field(default_factory=PollPolicy)
+
+    def __post_init__(self) -> None:
+        if self.lanes < 1 or self.slots < 2 or self.slot_bytes < 64:
+            raise ValueError("xccl needs lanes >= 1, slots >= 2 and slot_bytes >= 64")
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    rank: int
+    host_id: str
+    pid: int
+    region: str | None
+
+
+class Handle:
+    """A non-blocking operation: ``wait(timeout_s)`` returns its result or raises its error."""
+
+    def __init__(self, future: Future, peer: int) -> None:
+        self._future, self.peer = future, peer
+
+    def test(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout_s: float | None = None):
+        try:
+            return self._future.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise XcclTimeoutError(f"operation with rank {self.peer} not done within {timeout_s} s", self.peer) from None
+
+
+class GlooChannel:
+    """Both directions with a peer on another host: a header (event id, size), then the payload."""
+
+    def __init__(self, pg, rank: int, peer: int) -> None:
+        self.pg, self.rank, self.peer = pg, rank, peer
+
+    def _run(self, work, what: str) -> None:
+        try:
+            work.wait()
+        except RuntimeError as e:
+            raise PeerDeadError(f"{what} with rank {self.peer} failed over gloo: {e}", self.peer) from e
+
+    def send(self, data: torch.Tensor, event_id: int) -> None:
+        payload = as_bytes(data)
+        header = torch.tensor([event_id, payload.numel()], dtype=torch.int64)
+        self._run(self.pg.send([header], self.peer, 0), f"send of event {event_id}")
+        if payload.numel():
+            self._run(self.pg.send([payload], self.peer, 1), f"send of event {event_id}")
+
+    def recv(self, out: torch.Tensor, event_id: int) -> int:
+        dst = as_bytes(out)
+        header = torch.empty(2, dtype=torch.int64)
+        self._run(self.pg.recv([header], self.peer, 0), f"receive of event {event_id}")
+        got, n = int(header[0]), int(header[1])
+        if got != event_id:
+            raise EventMismatchError(f"expected event {event_id} from rank {self.peer}, found event {got}", self.peer)
+        if n > dst.numel():
+            raise MessageSizeError(
+                f"rank {self.peer} sent {n} bytes for event {event_id} but the receive buffer holds {dst.numel()}",
+                self.peer,
+            )
+        if n:
+            buf = dst[:n] if n == dst.numel() else torch.empty(n, dtype=torch.uint8)
+            self._run(self.pg.recv([buf], self.peer, 1), f"receive of event {event_id}")
+            if buf.data_ptr() != dst.data_ptr():
+                dst[:n].copy_(buf)
+        return n
+
+
+class XcclGroup:
+    def __init__(self, rank: int, world_size: int, config: XcclConfig) -> None:
+        self.rank, self.world_size, self.config = rank, world_size, config
+        self.peers: dict[int, PeerInfo] = {}
+        self.channels: dict[int, ShmChannel | GlooChannel] = {}
+        self.region: Region | None = None
+        self._attached: dict[int, Region] = {}
+        self._workers: dict[tuple[int, str], ThreadPoolExecutor] = {}
+        self._store: dist.TCPStore | None = None
+        self._gloo = None
+        self._barrier_gen = 0
+        self._closed = False
+
+    # ---- formation -------------------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        rank: int,
+        world_size: int,
+        *,
+        store_addr: tuple[str, int],
+        host_id: str | None = None,
+        config: XcclConfig | None = None,
+    ) -> XcclGroup:
+        self = cls(rank, world_size, config or XcclConfig())
+        cfg = self.config
+        policy = PollPolicy(**{**cfg.policy.__dict__, "timeout_s": cfg.timeout_s})
+        host_id = host_id or os.uname().nodename
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        store = dist.TCPStore(store_addr[0], store_addr[1], world_size, is_master=rank == 0, timeout=timeout)
+        self._store = store
+        if rank == 0:
+            cleanup_stale_segments()
+            store.set("xccl/group", secrets.token_hex(4))
+        group_id = store.get("xccl/group").decode()
+        layout = RegionLayout(world_size, cfg.lanes, cfg.slots, cfg.slot_bytes)
+        self.region = Region.create(group_id, rank, layout)
+        me = PeerInfo(rank, host_id, os.getpid(), self.region.name)
+        store.set(f"xccl/rank/{rank}", json.dumps(me.__dict__))
+        for r in range(world_size):
+            self.peers[r] = PeerInfo(**json.loads(store.get(f"xccl/rank/{r}").decode()))
+        cross_host = any(p.host_id != self.peers[0].host_id for p in self.peers.values())
+        if cross_host:  # every rank takes part in creating the gloo group, whatever its own pairs
+            self._gloo = dist.ProcessGroupGloo(dist.PrefixStore("xccl/gloo", store), rank, world_size, timeout)
+        for r, info in self.peers.items():
+            if r == rank:
+                continue
+            if info.host_id == host_id:
+                remote = Region.attach(info.region, layout)
+                self._attached[r] = remote
+                self.channels[r] = ShmChannel(rank, r, self.region, remote, policy, self._alive_fn(info.pid))
+            else:
+                self.channels[r] = GlooChannel(self._gloo, rank, r)
+        self.barrier()
+        return self
+
+    @staticmethod
+    def _alive_fn(pid: int):
+        return lambda: pid_alive(pid)
+
+    def transport(self, peer: int) -> str:
+        """'shm' or 'gloo': how this rank talks to ``peer``."""
+        return "shm" if isinstance(self.channels[peer], ShmChannel) else "gloo"
+
+    # ---- p2p ---------------------------------------------------------------------------------------------
+    def _channel(self, peer: int) -> ShmChannel | GlooChannel:
+        if self._closed:
+            raise XcclError("the group is closed", peer)
+        if peer not in self.channels:
+            raise ValueError(f"rank {peer} is not a peer of rank {self.rank} (world size {self.world_size})")
+        return self.channels[peer]
+
+    def _guard(self, fn, peer: int):
+        try:
+            return fn()
+        except PeerDeadError:
+            cleanup_stale_segments()  # the dead peer cannot unlink its own segment
+            raise
+
+    def send(self, tensor: torch.Tensor, peer: int, event_id: int) -> None:
+        """Blocking send: returns once the peer has received and acknowledged every byte."""
+        channel = self._channel(peer)
+        self._guard(lambda: channel.send(tensor, event_id), peer)
+
+    def recv(self, out: torch.Tensor, peer: int, event_id: int) -> int:
+        """Blocking receive into ``out`` (at least the message's size); returns the message size in bytes."""
+        channel = self._channel(peer)
+        return self._guard(lambda: channel.recv(out, event_id), peer)
+
+    def _worker(self, peer: int, direction: str) -> ThreadPoolExecutor:
+        key = (peer, direction)
+        if key not in self._workers:  # one thread per (peer, direction) keeps messages in order
+            self._workers[key] = ThreadPoolExecutor(1, thread_name_prefix=f"xccl{self.rank}-{direction}{peer}")
+        return self._workers[key]
+
+    def isend(self, tensor: torch.Tensor, peer: int, event_id: int) -> Handle:
+        self._channel(peer)
+        return Handle(self._worker(peer, "send").submit(self.send, tensor, peer, event_id), peer)
+
+    def irecv(self, out: torch.Tensor, peer: int, event_id: int) -> Handle:
+        self._channel(peer)
+        return Handle(self._worker(peer, "recv").submit(self.recv, out, peer, event_id), peer)
+
+    # ---- collectives used for bookkeeping ------------------------------------------------------------------
+    def barrier(self) -> None:
+        """All ranks reach this point (through the store; not a data-path primitive)."""
+        self._barrier_gen += 1
+        key = f"xccl/barrier/{self._barrier_gen}"
+        self._store.add(key, 1)
+        deadline = time.monotonic() + self.config.timeout_s
+        while int(self._store.add(key, 0)) < self.world_size:
+            for r, info in self.peers.items():
+                if info.host_id == self.peers[self.rank].host_id and not pid_alive(info.pid):
+                    raise PeerDeadError(f"peer rank {r} died before the barrier", r)
+            if time.monotonic() > deadline:
+                raise XcclTimeoutError(f"barrier {self._barrier_gen} not reached by all ranks", None)
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers.values():
+            w.shutdown(wait=False, cancel_futures=True)
+        for channel in self.channels.values():
+            if isinstance(channel, ShmChannel):
+                channel.close()
+        self.channels.clear()
+        for region in self._attached.values():
+            region.close()
+        if self.region is not None:
+            self.region.close()
+        self._gloo = None
+
+    def __enter__(self) -> XcclGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

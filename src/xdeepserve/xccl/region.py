@@ -1,0 +1,147 @@
+"""Per-rank shared-memory regions: a metadata area and a managed area of per-peer ring buffers (§3.1).
+
+Layout of rank r's segment (all offsets 64-byte aligned)::
+
+    header   int64[8]                         magic, world, lanes, slots, slot_bytes, owner pid
+    metadata int64[world, lanes, 4]           one 32-byte field per (peer p, lane):
+                                                EVENT, TAIL — written by p when p sends to r
+                                                ACK         — written by p when p receives from r
+                                                SIZE        — byte size of p's current message to r
+    rings    uint8[world, lanes, slots, slot_bytes]   ring (p -> r, lane); p writes, r reads
+
+Senders write into the receiver's segment (payload first, then TAIL), the receiver acknowledges into
+the sender's segment; TAIL and ACK are cumulative chunk counts, so they never need resetting. Everything
+is sized at creation: nothing is allocated on the hot path.
+
+Segments are named ``xccl_<group>_<rank>_<pid>``. The owner unlinks its segment on close and at exit;
+after an abnormal exit (SIGKILL) :func:`cleanup_stale_segments` removes segments whose owner is dead —
+peers call it when they detect the death, and every new group calls it at start.
+"""
+
+from __future__ import annotations
+
+import _posixshmem
+import atexit
+import contextlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .poll import pid_alive
+
+MAGIC = 0x5843434C  # "XCCL"
+EVENT, TAIL, ACK, SIZE = range(4)
+_HEADER_BYTES = 64
+_ALIGN = 64
+SHM_DIR = Path("/dev/shm")
+_NAME = re.compile(r"^xccl_[0-9a-f]+_\d+_(\d+)$")
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    world: int
+    lanes: int
+    slots: int
+    slot_bytes: int
+
+    @property
+    def meta_offset(self) -> int:
+        return _HEADER_BYTES
+
+    @property
+    def ring_offset(self) -> int:
+        return _align(self.meta_offset + self.world * self.lanes * 4 * 8)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.ring_offset + self.world * self.lanes * self.slots * self.slot_bytes
+
+
+def _untrack(shm: shared_memory.SharedMemory) -> None:
+    """Keep multiprocessing's resource tracker out of it: it would unlink segments that peers still use
+    when an attaching process exits (Python < 3.13); lifetime is managed here instead."""
+    if sys.version_info < (3, 13):
+        with contextlib.suppress(Exception):
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+
+
+class Region:
+    """One rank's segment, created by its owner or attached by a peer on the same host."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, layout: RegionLayout, owner: bool) -> None:
+        self.shm, self.layout, self.owner = shm, layout, owner
+        buf = shm.buf
+        self.header = np.ndarray((8,), np.int64, buffer=buf, offset=0)
+        self.meta = np.ndarray((layout.world, layout.lanes, 4), np.int64, buffer=buf, offset=layout.meta_offset)
+        ring_bytes = layout.world * layout.lanes * layout.slots * layout.slot_bytes
+        self.rings = torch.frombuffer(buf, dtype=torch.uint8, count=ring_bytes, offset=layout.ring_offset).view(
+            layout.world, layout.lanes, layout.slots, layout.slot_bytes
+        )
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    @classmethod
+    def create(cls, group: str, rank: int, layout: RegionLayout) -> Region:
+        name = f"xccl_{group}_{rank}_{os.getpid()}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=layout.total_bytes)
+        _untrack(shm)
+        region = cls(shm, layout, owner=True)
+        region.meta[:] = 0
+        region.header[:6] = (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes, os.getpid())
+        atexit.register(region.close)
+        return region
+
+    @classmethod
+    def attach(cls, name: str, layout: RegionLayout) -> Region:
+        shm = shared_memory.SharedMemory(name=name, create=False)
+        _untrack(shm)
+        region = cls(shm, layout, owner=False)
+        if tuple(region.header[:5]) != (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes):
+            region.close()
+            raise ValueError(f"shared-memory segment {name} has a different layout than this group")
+        return region
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # views into the buffer must go before the mapping can be closed
+        del self.header, self.meta, self.rings
+        with contextlib.suppress(BufferError):  # a view still alive somewhere: the mapping goes with the process
+            self.shm.close()
+        if self.owner:
+            _unlink(self.shm._name)  # type: ignore[attr-defined]
+
+
+def _unlink(name: str) -> None:
+    """Unlink without telling the resource tracker (it was never told about the segment)."""
+    with contextlib.suppress(FileNotFoundError):
+        _posixshmem.shm_unlink(name)
+
+
+def list_segments() -> list[str]:
+    return sorted(p.name for p in SHM_DIR.glob("xccl_*")) if SHM_DIR.is_dir() else []
+
+
+def cleanup_stale_segments() -> list[str]:
+    """Unlink XCCL segments whose owner process no longer exists; returns their names."""
+    removed = []
+    for name in list_segments():
+        m = _NAME.match(name)
+        if m and not pid_alive(int(m[1])):
+            _unlink("/" + name)
+            removed.append(name)
+    return removed

@@ -1,0 +1,158 @@
+"""XCCL p2p across real processes: shared memory on one host, gloo across simulated hosts."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xdeepserve.api.launch import free_port
+from xdeepserve.xccl.region import list_segments
+
+from .xccl_workers import worker
+
+
+class Cluster:
+    """``world`` worker processes in one XCCL group, driven through queues."""
+
+    def __init__(self, hosts: list[str], **config) -> None:
+        ctx = mp.get_context("spawn")
+        self.world = len(hosts)
+        self.results = ctx.Queue()
+        self.commands = [ctx.Queue() for _ in hosts]
+        port = free_port()
+        self.procs = [
+            ctx.Process(target=worker, args=(r, self.world, port, h, config, self.commands[r], self.results), daemon=True)
+            for r, h in enumerate(hosts)
+        ]
+        for p in self.procs:
+            p.start()
+        ready = self.collect(timeout_s=120)
+        assert all(kind == "ready" for kind, _ in ready.values()), ready
+        self.info = {r: v for r, (_, v) in ready.items()}
+
+    def collect(self, ranks=None, timeout_s: float = 60) -> dict[int, tuple[str, object]]:
+        ranks = set(range(self.world) if ranks is None else ranks)
+        out: dict[int, tuple[str, object]] = {}
+        deadline = time.monotonic() + timeout_s
+        while ranks - out.keys():
+            rank, kind, value = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
+            out[rank] = (kind, value)
+        return out
+
+    def all(self, cmd: str, arg) -> dict[int, tuple[str, object]]:
+        for q in self.commands:
+            q.put((cmd, arg))
+        return self.collect()
+
+    def stop(self) -> None:
+        for r, p in enumerate(self.procs):
+            if p.is_alive():
+                self.commands[r].put(("stop", None))
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def same_host():
+    c = Cluster(["h0"] * 4, lanes=2, slots=2, slot_bytes=4096)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def two_hosts():
+    c = Cluster(["h0", "h0", "h1", "h1"], lanes=3, slots=3, slot_bytes=1024)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_segments():
+    yield
+    leaked = list_segments()
+    assert not leaked, f"shared-memory segments left behind: {leaked}"
+
+
+transfer = st.tuples(
+    st.integers(0, 3), st.integers(0, 3), st.integers(0, 20_000), st.sampled_from(["float32", "int64", "uint8", "bfloat16"])
+).filter(lambda t: t[0] != t[1])
+
+
+def _as_transfers(specs) -> list[tuple[int, int, int, str, int]]:
+    return [(s, d, n, dt, 1000 + i) for i, (s, d, n, dt) in enumerate(specs)]
+
+
+def test_transports_follow_declared_hosts(same_host, two_hosts):
+    assert all(t == "shm" for info in same_host.info.values() for t in info["transports"].values())
+    t = two_hosts.info[0]["transports"]
+    assert t == {1: "shm", 2: "gloo", 3: "gloo"}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(transfer, min_size=1, max_size=12))
+def test_random_p2p_traffic_is_delivered_exactly_on_one_host(same_host, specs):
+    results = same_host.all("transfers", _as_transfers(specs))
+    assert all(kind == "ok" and all(v) for kind, v in results.values()), results
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(transfer, min_size=1, max_size=10))
+def test_mixed_same_host_and_cross_host_groups_deliver_the_same_bytes(two_hosts, specs):
+    results = two_hosts.all("transfers", _as_transfers(specs))
+    assert all(kind == "ok" and all(v) for kind, v in results.values()), results
+
+
+def test_messages_larger_than_the_ring_stream_through_it(same_host):
+    big = 4 * 4096 * 2 * 10 + 123  # many times the 2 lanes x 2 slots x 4 KiB ring
+    results = same_host.all("transfers", [(0, 3, big, "uint8", 1), (3, 0, big // 2, "float32", 2)])
+    assert all(kind == "ok" and all(v) for kind, v in results.values()), results
+
+
+def test_event_mismatch_and_oversize_messages_raise_specific_errors():
+    c = Cluster(["h0", "h0"], lanes=1, slots=2, slot_bytes=1024, timeout_s=2.0)
+    try:
+        c.commands[0].put(("send", (1, 16, 5)))
+        c.commands[1].put(("recv", (0, 16, 6)))
+        res = c.collect()
+        assert res[1][0] == "xccl_error" and res[1][1][0] == "EventMismatchError" and res[1][1][1] == 0
+        assert "expected event 6" in res[1][1][2] and "found event 5" in res[1][1][2]
+        assert res[0][0] == "xccl_error" and res[0][1][0] == "XcclTimeoutError"  # never acknowledged
+    finally:
+        c.stop()
+    c = Cluster(["h0", "h0"], lanes=1, slots=2, slot_bytes=1024, timeout_s=2.0)
+    try:
+        c.commands[0].put(("send", (1, 1000, 9)))
+        c.commands[1].put(("recv", (0, 10, 9)))
+        res = c.collect()
+        assert res[1][1][0] == "MessageSizeError" and "4000 bytes" in res[1][1][2]
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("hosts", [["h0", "h0"], ["h0", "h1"]])
+def test_killed_peer_is_named_within_the_deadline_and_its_segment_removed(hosts):
+    c = Cluster(hosts, lanes=2, slots=2, slot_bytes=1024, timeout_s=5.0)
+    try:
+        c.commands[0].put(("recv", (1, 64, 1)))  # waits for a message that never comes
+        time.sleep(0.3)
+        os.kill(c.info[1]["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        res = c.collect([0], timeout_s=30)
+        elapsed = time.monotonic() - t0
+        kind, (name, peer, message) = res[0]
+        assert kind == "xccl_error" and peer == 1 and "rank 1" in message, res
+        if hosts[0] == hosts[1]:
+            assert name == "PeerDeadError" and elapsed < 1.0  # shared memory: liveness polled every 10 ms
+        else:
+            assert name in ("PeerDeadError", "XcclTimeoutError") and elapsed < 6.0  # gloo: its own timeout
+        assert not any(f"_1_{c.info[1]['pid']}" in s for s in list_segments())
+    finally:
+        c.stop()
