@@ -80,14 +80,14 @@ class GlooChannel:
             raise PeerDeadError(f"{what} with rank {self.peer} failed over gloo: {e}", self.peer) from e
 
     def send(self, data: torch.Tensor, event_id: int) -> None:
-        payload = as_bytes(data)
+        payload = torch.from_numpy(as_bytes(data))
         header = torch.tensor([event_id, payload.numel()], dtype=torch.int64)
         self._run(self.pg.send([header], self.peer, 0), f"send of event {event_id}")
         if payload.numel():
             self._run(self.pg.send([payload], self.peer, 1), f"send of event {event_id}")
 
     def recv(self, out: torch.Tensor, event_id: int) -> int:
-        dst = as_bytes(out)
+        dst = torch.from_numpy(as_bytes(out))
         header = torch.empty(2, dtype=torch.int64)
         self._run(self.pg.recv([header], self.peer, 0), f"receive of event {event_id}")
         got, n = int(header[0]), int(header[1])

@@ -31,7 +31,6 @@ from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .poll import pid_alive
 
@@ -83,9 +82,9 @@ class Region:
         buf = shm.buf
         self.header = np.ndarray((8,), np.int64, buffer=buf, offset=0)
         self.meta = np.ndarray((layout.world, layout.lanes, 4), np.int64, buffer=buf, offset=layout.meta_offset)
-        ring_bytes = layout.world * layout.lanes * layout.slots * layout.slot_bytes
-        self.rings = torch.frombuffer(buf, dtype=torch.uint8, count=ring_bytes, offset=layout.ring_offset).view(
-            layout.world, layout.lanes, layout.slots, layout.slot_bytes
+        self.rings_np = np.ndarray(
+            (layout.world, layout.lanes, layout.slots, layout.slot_bytes), np.uint8, buffer=buf,
+            offset=layout.ring_offset,
         )
         self._closed = False
 
@@ -119,7 +118,7 @@ class Region:
             return
         self._closed = True
         # views into the buffer must go before the mapping can be closed
-        del self.header, self.meta, self.rings
+        del self.header, self.meta, self.rings_np
         with contextlib.suppress(BufferError):  # a view still alive somewhere: the mapping goes with the process
             self.shm.close()
         if self.owner:
