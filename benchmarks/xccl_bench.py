@@ -115,7 +115,7 @@ def main() -> None:
     print(f"{'size':>8} " + " ".join(f"{name:>30}" for name in runs))
     for kb in SIZES_KB:
         cells = []
-        for name, res in runs.items():
+        for res in runs.values():
             p50, p99, mx = _stats(res[kb])
             cells.append(f"{p50:8.0f}/{p99:7.0f}/{mx:7.0f} {kb * 1024 / p50 / 1e3:5.2f}")
         print(f"{kb:>6}KB " + " ".join(f"{c:>30}" for c in cells))
