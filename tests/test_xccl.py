@@ -62,14 +62,14 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def same_host():
-    c = Cluster(["h0"] * 4, lanes=2, slots=2, slot_bytes=4096)
+    c = Cluster(["h0"] * 4, lanes=2, slots=2, slot_bytes=4096, timeout_s=10.0)
     yield c
     c.stop()
 
 
 @pytest.fixture(scope="module")
 def two_hosts():
-    c = Cluster(["h0", "h0", "h1", "h1"], lanes=3, slots=3, slot_bytes=1024)
+    c = Cluster(["h0", "h0", "h1", "h1"], lanes=3, slots=3, slot_bytes=1024, timeout_s=10.0)
     yield c
     c.stop()
 
@@ -156,3 +156,36 @@ def test_killed_peer_is_named_within_the_deadline_and_its_segment_removed(hosts)
         assert not any(f"_1_{c.info[1]['pid']}" in s for s in list_segments())
     finally:
         c.stop()
+
+
+ep_case = st.fixed_dictionaries({
+    "seed": st.integers(1, 10_000),
+    "tokens": st.lists(st.integers(0, 24), min_size=4, max_size=4),
+    "k": st.integers(1, 4),
+    "experts": st.sampled_from([4, 8]),
+    "hidden": st.sampled_from([8, 32]),
+    "int8": st.booleans(),
+    "dtype": st.sampled_from(["float32", "bfloat16"]),
+})
+
+
+def _ep_tolerance(case) -> float:
+    # outputs reach |w| * |x| * experts; int8 rounding costs 1/254 of a row's max, bf16 1/256 relative
+    scale = case["k"] * (case["experts"] + 1) * 4.0
+    return scale * ((1 / 100 if case["int8"] else 0) + (1 / 128 if case["dtype"] == "bfloat16" else 1e-6))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ep_case)
+def test_dispatch_and_combine_equal_the_local_moe_reference(same_host, case):
+    results = same_host.all("ep", case)
+    assert all(kind == "ok" for kind, _ in results.values()), results
+    assert max(err for _, err in results.values()) <= _ep_tolerance(case), (case, results)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ep_case)
+def test_dispatch_and_combine_across_simulated_hosts_give_the_same_results(two_hosts, case):
+    results = two_hosts.all("ep", case)
+    assert all(kind == "ok" for kind, _ in results.values()), results
+    assert max(err for _, err in results.values()) <= _ep_tolerance(case), (case, results)

@@ -34,6 +34,33 @@ def run_transfers(group: XcclGroup, transfers: list[tuple[int, int, int, str, in
     return [bool(torch.equal(out, payload(event, numel, dtype))) for out, event, numel, dtype in checks]
 
 
+def expert_fn(rows: torch.Tensor, global_ids: torch.Tensor) -> torch.Tensor:
+    """A stand-in expert e: rows * (e + 1) + e / 100 (different per expert, cheap, exact in fp32)."""
+    e = global_ids.to(torch.float32).unsqueeze(1)
+    return (rows.float() * (e + 1) + e / 100).to(rows.dtype)
+
+
+def run_ep(group: XcclGroup, seed: int, tokens: list[int], k: int, experts: int, hidden: int, int8: bool,
+           dtype: str) -> float:
+    """One dispatch + expert compute + combine; returns the max error against the local reference."""
+    from xdeepserve.xccl.ep import ExpertPlacement, combine, dispatch
+
+    g = torch.Generator().manual_seed(seed * 100 + group.rank)
+    t = tokens[group.rank]
+    x = torch.randn(t, hidden, generator=g).to(DTYPES[dtype])
+    ids = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(t)]) if t else torch.zeros(0, k, dtype=torch.long)
+    weights = torch.rand(t, k, generator=g)
+    placement = ExpertPlacement.contiguous(experts, group.world_size)
+    rows, local_ids, per_expert, handle = dispatch(group, x, ids, weights, placement, event_id=2 * seed, int8=int8)
+    assert int(per_expert.sum()) == rows.shape[0]
+    global_ids = placement.local_experts(group.rank)[local_ids]
+    out = combine(group, expert_fn(rows, global_ids), handle, event_id=2 * seed + 1)
+    ref = torch.zeros(t, hidden)
+    for j in range(k):
+        ref += weights[:, j : j + 1] * expert_fn(x, ids[:, j]).float()
+    return float((out.float() - ref).abs().max()) if t else 0.0
+
+
 def worker(rank: int, world: int, port: int, host_id: str, config: dict, commands, results) -> None:
     try:
         group = XcclGroup.init(rank, world, store_addr=("127.0.0.1", port), host_id=host_id,
@@ -51,6 +78,8 @@ def worker(rank: int, world: int, port: int, host_id: str, config: dict, command
                 return
             if cmd == "transfers":
                 results.put((rank, "ok", run_transfers(group, arg)))
+            elif cmd == "ep":
+                results.put((rank, "ok", run_ep(group, **arg)))
             elif cmd == "send":
                 peer, numel, event = arg
                 group.send(torch.ones(numel), peer, event)

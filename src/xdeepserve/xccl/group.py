@@ -21,13 +21,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from .errors import EventMismatchError, MessageSizeError, PeerDeadError, XcclError, XcclTimeoutError
 from .p2p_shm import ShmChannel, as_bytes
-from .poll import PollPolicy, pid_alive
-from .region import Region, RegionLayout, cleanup_stale_segments
+from .poll import PollPolicy, pid_alive, wait_until
+from .region import XACK, XCOUNT, XEVENT, XSEQ, Region, RegionLayout, cleanup_stale_segments
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class XcclConfig:
     lanes: int = 2  # parallel copy lanes per pair (the paper's AIV cores)
     slots: int = 4  # ring slots per lane (>= 2: copy-in and copy-out overlap)
     slot_bytes: int = 256 * 1024
+    # per-destination block of the pull-based exchange (dispatch/combine); size it for the largest
+    # batch: tokens per rank x top-k x bytes per row
+    exchange_bytes: int = 1 << 20
     timeout_s: float = 30.0  # every wait has this deadline
     policy: PollPolicy = field(default_factory=PollPolicy)
 
@@ -141,7 +145,7 @@ class XcclGroup:
             cleanup_stale_segments()
             store.set("xccl/group", secrets.token_hex(4))
         group_id = store.get("xccl/group").decode()
-        layout = RegionLayout(world_size, cfg.lanes, cfg.slots, cfg.slot_bytes)
+        layout = RegionLayout(world_size, cfg.lanes, cfg.slots, cfg.slot_bytes, cfg.exchange_bytes)
         self.region = Region.create(group_id, rank, layout)
         me = PeerInfo(rank, host_id, os.getpid(), self.region.name)
         store.set(f"xccl/rank/{rank}", json.dumps(me.__dict__))
@@ -159,6 +163,9 @@ class XcclGroup:
                 self.channels[r] = ShmChannel(rank, r, self.region, remote, policy, self._alive_fn(info.pid))
             else:
                 self.channels[r] = GlooChannel(self._gloo, rank, r)
+        self._policy = policy
+        self._xseq = 0
+        self._xrecv = np.empty((world_size, cfg.exchange_bytes), dtype=np.uint8)  # receive side, reused
         self.barrier()
         return self
 
@@ -208,6 +215,65 @@ class XcclGroup:
     def irecv(self, out: torch.Tensor, peer: int, event_id: int) -> Handle:
         self._channel(peer)
         return Handle(self._worker(peer, "recv").submit(self.recv, out, peer, event_id), peer)
+
+    # ---- pull-based exchange (the two phases of the paper's dispatch/combine, §3.2) ----------------------
+    def alltoallv(self, sends: list[torch.Tensor | np.ndarray], event_id: int) -> list[np.ndarray]:
+        """Every rank gives one byte payload per destination and gets one per source.
+
+        Same-host pairs: phase 1 — each rank copies its payload for ``d`` into its own block for ``d``
+        and publishes (count, event, sequence) in ``d``'s metadata; phase 2 — each rank waits until every
+        source has published, pulls the bytes from the source's block and acknowledges. A rank reuses a
+        block only after its destination acknowledged the previous exchange. Cross-host pairs exchange
+        the same payloads over gloo. The returned arrays are views into a buffer reused by the next call.
+        """
+        if len(sends) != self.world_size:
+            raise ValueError(f"alltoallv needs one payload per rank ({self.world_size}), got {len(sends)}")
+        payloads = [s if isinstance(s, np.ndarray) else as_bytes(s) for s in sends]
+        cap = self.config.exchange_bytes
+        for d, p in enumerate(payloads):
+            if p.size > cap:
+                raise MessageSizeError(
+                    f"exchange payload of {p.size} bytes for rank {d} exceeds exchange_bytes={cap}", d
+                )
+        self._xseq += 1
+        seq, me, own = self._xseq, self.rank, self.region
+        shm_peers = [r for r, c in self.channels.items() if isinstance(c, ShmChannel)]
+        gloo_peers = [r for r, c in self.channels.items() if isinstance(c, GlooChannel)]
+        recv_n = [0] * self.world_size
+
+        def wait(peer: int, ready, what: str) -> None:
+            wait_until(ready, policy=self._policy, peer=peer, what=what, alive=self._alive_fn(self.peers[peer].pid))
+
+        # phase 1: publish (after each destination released the block it pulled last time)
+        for d in shm_peers:
+            wait(d, lambda d=d: own.xmeta[d, XACK] >= seq - 1, f"release of exchange block {seq - 1}")
+            n = payloads[d].size
+            np.copyto(own.xblocks[d, :n], payloads[d])
+            remote = self._attached[d].xmeta[me]
+            remote[XCOUNT] = n
+            remote[XEVENT] = event_id
+            remote[XSEQ] = seq  # publish last
+        handles = [self.isend(torch.from_numpy(payloads[d]), d, event_id) for d in gloo_peers]
+        handles += [self.irecv(torch.from_numpy(self._xrecv[s]), s, event_id) for s in gloo_peers]
+        np.copyto(self._xrecv[me, : payloads[me].size], payloads[me])
+        recv_n[me] = payloads[me].size
+        # phase 2: wait for every source, pull, acknowledge
+        for s in shm_peers:
+            meta = own.xmeta[s]
+            wait(s, lambda meta=meta: meta[XSEQ] >= seq, f"exchange {seq} (event {event_id})")
+            if int(meta[XEVENT]) != event_id:
+                raise EventMismatchError(
+                    f"expected exchange event {event_id} from rank {s}, found event {int(meta[XEVENT])}", s
+                )
+            n = int(meta[XCOUNT])
+            np.copyto(self._xrecv[s, :n], self._attached[s].xblocks[me, :n])
+            recv_n[s] = n
+            self._attached[s].xmeta[me, XACK] = seq
+        for h in handles:
+            n = h.wait(timeout_s=self.config.timeout_s)
+            if h.peer is not None and n is not None:
+                recv_n[h.peer] = n
+        return [self._xrecv[s, : recv_n[s]] for s in range(self.world_size)]
 
     # ---- collectives used for bookkeeping ------------------------------------------------------------------
     def barrier(self) -> None:

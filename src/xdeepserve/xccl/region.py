@@ -8,6 +8,12 @@ Layout of rank r's segment (all offsets 64-byte aligned)::
                                                 ACK         — written by p when p receives from r
                                                 SIZE        — byte size of p's current message to r
     rings    uint8[world, lanes, slots, slot_bytes]   ring (p -> r, lane); p writes, r reads
+    xmeta    int64[world, 4]                  exchange fields per peer p: SEQ, COUNT, EVENT (written
+                                                by p: p's block for r holds COUNT bytes of exchange SEQ,
+                                                user event EVENT), ACK (written by p: p has pulled r's
+                                                block of exchange ACK)
+    xblocks  uint8[world, exchange_bytes]     r's outgoing exchange data, one block per destination;
+                                                destinations pull from here (two-phase, §3.2)
 
 Senders write into the receiver's segment (payload first, then TAIL), the receiver acknowledges into
 the sender's segment; TAIL and ACK are cumulative chunk counts, so they never need resetting. Everything
@@ -35,7 +41,8 @@ import numpy as np
 from .poll import pid_alive
 
 MAGIC = 0x5843434C  # "XCCL"
-EVENT, TAIL, ACK, SIZE = range(4)
+EVENT, TAIL, ACK, SIZE = range(4)  # p2p metadata fields
+XSEQ, XCOUNT, XACK, XEVENT = range(4)  # exchange metadata fields
 _HEADER_BYTES = 64
 _ALIGN = 64
 SHM_DIR = Path("/dev/shm")
@@ -52,6 +59,7 @@ class RegionLayout:
     lanes: int
     slots: int
     slot_bytes: int
+    exchange_bytes: int = 0  # per-destination block of the pull-based exchange (0: no exchange area)
 
     @property
     def meta_offset(self) -> int:
@@ -62,8 +70,16 @@ class RegionLayout:
         return _align(self.meta_offset + self.world * self.lanes * 4 * 8)
 
     @property
+    def xmeta_offset(self) -> int:
+        return _align(self.ring_offset + self.world * self.lanes * self.slots * self.slot_bytes)
+
+    @property
+    def xblock_offset(self) -> int:
+        return _align(self.xmeta_offset + self.world * 4 * 8)
+
+    @property
     def total_bytes(self) -> int:
-        return self.ring_offset + self.world * self.lanes * self.slots * self.slot_bytes
+        return self.xblock_offset + self.world * self.exchange_bytes
 
 
 def _untrack(shm: shared_memory.SharedMemory) -> None:
@@ -86,6 +102,9 @@ class Region:
             (layout.world, layout.lanes, layout.slots, layout.slot_bytes), np.uint8, buffer=buf,
             offset=layout.ring_offset,
         )
+        self.xmeta = np.ndarray((layout.world, 4), np.int64, buffer=buf, offset=layout.xmeta_offset)
+        self.xblocks = np.ndarray((layout.world, layout.exchange_bytes), np.uint8, buffer=buf,
+                                  offset=layout.xblock_offset)
         self._closed = False
 
     @property
@@ -99,7 +118,10 @@ class Region:
         _untrack(shm)
         region = cls(shm, layout, owner=True)
         region.meta[:] = 0
-        region.header[:6] = (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes, os.getpid())
+        region.xmeta[:] = 0
+        region.header[:7] = (
+            MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes, os.getpid(), layout.exchange_bytes
+        )
         atexit.register(region.close)
         return region
 
@@ -108,7 +130,9 @@ class Region:
         shm = shared_memory.SharedMemory(name=name, create=False)
         _untrack(shm)
         region = cls(shm, layout, owner=False)
-        if tuple(region.header[:5]) != (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes):
+        header = tuple(int(v) for v in region.header[:7])
+        expect = (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes, header[5], layout.exchange_bytes)
+        if header != expect:
             region.close()
             raise ValueError(f"shared-memory segment {name} has a different layout than this group")
         return region
@@ -118,7 +142,7 @@ class Region:
             return
         self._closed = True
         # views into the buffer must go before the mapping can be closed
-        del self.header, self.meta, self.rings_np
+        del self.header, self.meta, self.rings_np, self.xmeta, self.xblocks
         with contextlib.suppress(BufferError):  # a view still alive somewhere: the mapping goes with the process
             self.shm.close()
         if self.owner:
