@@ -1,5 +1,10 @@
 """XCCL microbenchmarks on one machine, each against its baseline measured in the same run.
 
+Dispatch + combine (the paper's Figure 6 in miniature): 4 ranks, 4 … 128 tokens per rank, hidden 1024,
+top-8 of 32 experts, fp32 and INT8 dispatch payloads; one dispatch + combine round trip per iteration
+(no expert compute), through the XCCL pull-based exchange and through gloo ``all_to_all_single``
+(counts, then data) with the same packing.
+
 Point-to-point (the paper's Figure 5 sizes, 36 KB … 9 MB): one-way latency (half a ping-pong round trip)
 between two processes through XCCL shared memory with 1 and 2 lanes, through torch.distributed gloo
 send/recv, and through a ``multiprocessing`` pipe. Tables give p50 / p99 / max in microseconds and the
@@ -77,6 +82,102 @@ def _worker(kind: str, rank: int, port: int, lanes: int, sizes: list[int], iters
         results.put(out)
 
 
+EP_TOKENS = [4, 16, 32, 64, 128]
+EP_HIDDEN, EP_TOPK, EP_EXPERTS, EP_WORLD = 1024, 8, 32, 4
+
+
+class GlooAllToAll:
+    """Baseline exchange with dispatch/combine's contract: gloo all_to_all_single of the byte counts,
+    then of the bytes."""
+
+    def __init__(self, pg, rank: int, world_size: int) -> None:
+        self.pg, self.rank, self.world_size = pg, rank, world_size
+
+    def alltoallv(self, sends, event_id):
+        counts = torch.tensor([s.size for s in sends], dtype=torch.int64)
+        recv_counts = torch.empty_like(counts)
+        self.pg.alltoall_base(recv_counts, counts, [], []).wait()
+        data = torch.from_numpy(np.concatenate(sends)) if sum(s.size for s in sends) else torch.empty(0, dtype=torch.uint8)
+        out = torch.empty(int(recv_counts.sum()), dtype=torch.uint8)
+        self.pg.alltoall_base(out, data, recv_counts.tolist(), counts.tolist()).wait()
+        return [t.numpy() for t in torch.split(out, recv_counts.tolist())]
+
+
+def _ep_worker(kind: str, rank: int, port: int, iters: int, results) -> None:
+    import datetime
+
+    torch.set_num_threads(1)
+    from xdeepserve.xccl.ep import ExpertPlacement, combine, dispatch
+
+    if kind == "xccl":
+        from xdeepserve.xccl import XcclConfig, XcclGroup
+
+        row = EP_HIDDEN * 4 + 4
+        ex = XcclGroup.init(rank, EP_WORLD, store_addr=("127.0.0.1", port), host_id="bench",
+                            config=XcclConfig(lanes=1, exchange_bytes=max(EP_TOKENS) * EP_TOPK * row))
+    else:
+        import torch.distributed as dist
+
+        store = dist.TCPStore("127.0.0.1", port, EP_WORLD, is_master=rank == 0, timeout=datetime.timedelta(seconds=60))
+        ex = GlooAllToAll(dist.ProcessGroupGloo(store, rank, EP_WORLD, datetime.timedelta(seconds=60)), rank, EP_WORLD)
+    placement = ExpertPlacement.contiguous(EP_EXPERTS, EP_WORLD)
+    g = torch.Generator().manual_seed(rank)
+    out = {}
+    event = 0
+    for int8 in (False, True):
+        for t in EP_TOKENS:
+            x = torch.randn(t, EP_HIDDEN, generator=g)
+            ids = torch.stack([torch.randperm(EP_EXPERTS, generator=g)[:EP_TOPK] for _ in range(t)])
+            w = torch.rand(t, EP_TOPK, generator=g)
+            times = []
+            for i in range(iters + 3):
+                t0 = time.perf_counter()
+                rows, _, _, handle = dispatch(ex, x, ids, w, placement, event_id=event, int8=int8)
+                combine(ex, rows, handle, event_id=event + 1)
+                event += 2
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+            out[(int8, t)] = times
+    if kind == "xccl":
+        ex.close()
+    if rank == 0:
+        results.put(out)
+
+
+def run_ep(kind: str, iters: int) -> dict:
+    from xdeepserve.api.launch import free_port
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_ep_worker, args=(kind, r, port, iters, results)) for r in range(EP_WORLD)]
+    for p in procs:
+        p.start()
+    return _collect(results, procs)
+
+
+def _collect(results, procs):
+    """Rank 0's result; raises at once if a worker died instead of waiting for nothing."""
+    import queue
+
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            out = results.get(timeout=1)
+            break
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"benchmark worker {dead[0].name} exited with code {dead[0].exitcode}")
+    else:
+        raise TimeoutError("benchmark workers did not report within 900 s")
+    for p in procs:
+        p.join(timeout=30)
+    return out
+
+
 def run_p2p(kind: str, lanes: int, sizes: list[int], iters: int) -> dict[int, list[float]]:
     from xdeepserve.api.launch import free_port
 
@@ -87,10 +188,7 @@ def run_p2p(kind: str, lanes: int, sizes: list[int], iters: int) -> dict[int, li
     procs = [ctx.Process(target=_worker, args=(kind, r, port, lanes, sizes, iters, (a, b)[r], results)) for r in (0, 1)]
     for p in procs:
         p.start()
-    out = results.get(timeout=600)
-    for p in procs:
-        p.join(timeout=30)
-    return out
+    return _collect(results, procs)
 
 
 def _stats(ts: list[float]) -> tuple[float, float, float]:
@@ -126,6 +224,18 @@ def main() -> None:
     big = SIZES_KB[-1]
     bw = {n: big * 1024 / _stats(r[big])[0] / 1e3 for n, r in runs.items()}
     print("\n9 MiB bandwidth, GB/s: " + ", ".join(f"{n} {v:.2f}" for n, v in bw.items()))
+    ep = {"xccl": run_ep("xccl", max(20, args.iters // 4)), "gloo": run_ep("gloo", max(20, args.iters // 4))}
+    print(f"\ndispatch + combine, {EP_WORLD} ranks, hidden {EP_HIDDEN}, top-{EP_TOPK} of {EP_EXPERTS} experts; "
+          f"µs per round trip (p50 / p99 / max)")
+    print(f"{'payload':>8}{'tokens':>8}{'xccl exchange':>26}{'gloo all_to_all_single':>26}{'speed-up':>10}")
+    ep_ratios = []
+    for int8 in (False, True):
+        for t in EP_TOKENS:
+            a, b = _stats(ep["xccl"][(int8, t)]), _stats(ep["gloo"][(int8, t)])
+            ep_ratios.append(b[0] / a[0])
+            print(f"{'int8' if int8 else 'fp32':>8}{t:>8}{a[0]:>10.0f}/{a[1]:>7.0f}/{a[2]:>7.0f}"
+                  f"{b[0]:>10.0f}/{b[1]:>7.0f}/{b[2]:>7.0f}{b[0] / a[0]:>9.2f}x")
+    print(f"dispatch+combine speed-up over gloo (geometric mean): {math.exp(np.mean(np.log(ep_ratios))):.2f}")
     print(f"xccl vs gloo p2p latency ratio (<=1MiB, median): {math.exp(np.mean(np.log(ratios))):.2f}")
 
 

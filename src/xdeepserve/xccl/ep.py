@@ -13,11 +13,20 @@ hidden state in the activation dtype, or ``int8[H]`` followed by its ``float32``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .group import XcclGroup
+
+class Exchange(Protocol):
+    """What dispatch/combine need from a transport: :class:`~xdeepserve.xccl.group.XcclGroup`, or a
+    baseline with the same contract (the benchmark's gloo ``all_to_all_single``)."""
+
+    rank: int
+    world_size: int
+
+    def alltoallv(self, sends: list[np.ndarray], event_id: int) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ def _row_bytes(hidden: int, dtype: torch.dtype, int8: bool) -> int:
 
 
 def dispatch(
-    group: XcclGroup,
+    group: Exchange,
     x: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
@@ -114,7 +123,7 @@ def dispatch(
     return torch.cat(rows)[order], all_ids[order], per_expert, handle
 
 
-def combine(group: XcclGroup, expert_out: torch.Tensor, handle: DispatchHandle, *, event_id: int) -> torch.Tensor:
+def combine(group: Exchange, expert_out: torch.Tensor, handle: DispatchHandle, *, event_id: int) -> torch.Tensor:
     """``expert_out [R, H]`` in dispatch's output order -> ``[T, H]`` gate-weighted sums at the owners."""
     by_source = torch.empty_like(expert_out)
     by_source[handle.expert_order] = expert_out  # undo the grouping by expert

@@ -29,11 +29,10 @@ from __future__ import annotations
 import _posixshmem
 import atexit
 import contextlib
+import mmap
 import os
 import re
-import sys
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +81,34 @@ class RegionLayout:
         return self.xblock_offset + self.world * self.exchange_bytes
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    """Keep multiprocessing's resource tracker out of it: it would unlink segments that peers still use
-    when an attaching process exits (Python < 3.13); lifetime is managed here instead."""
-    if sys.version_info < (3, 13):
-        with contextlib.suppress(Exception):
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+class Segment:
+    """A named POSIX shared-memory mapping, opened directly (not through ``multiprocessing``): its
+    resource tracker is shared by sibling processes and would unlink segments that peers still use, or
+    complain about segments it never saw; the lifetime rules here are the module docstring's."""
+
+    def __init__(self, name: str, size: int | None) -> None:
+        self.name = name
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if size is not None else 0)
+        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+        try:
+            if size is not None:
+                os.ftruncate(fd, size)
+            self.size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._mmap)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still alive somewhere: the mapping goes with the process
+            self.buf.release()
+            self._mmap.close()
 
 
 class Region:
     """One rank's segment, created by its owner or attached by a peer on the same host."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, layout: RegionLayout, owner: bool) -> None:
+    def __init__(self, shm: Segment, layout: RegionLayout, owner: bool) -> None:
         self.shm, self.layout, self.owner = shm, layout, owner
         buf = shm.buf
         self.header = np.ndarray((8,), np.int64, buffer=buf, offset=0)
@@ -114,8 +129,7 @@ class Region:
     @classmethod
     def create(cls, group: str, rank: int, layout: RegionLayout) -> Region:
         name = f"xccl_{group}_{rank}_{os.getpid()}"
-        shm = shared_memory.SharedMemory(name=name, create=True, size=layout.total_bytes)
-        _untrack(shm)
+        shm = Segment(name, layout.total_bytes)
         region = cls(shm, layout, owner=True)
         region.meta[:] = 0
         region.xmeta[:] = 0
@@ -127,8 +141,7 @@ class Region:
 
     @classmethod
     def attach(cls, name: str, layout: RegionLayout) -> Region:
-        shm = shared_memory.SharedMemory(name=name, create=False)
-        _untrack(shm)
+        shm = Segment(name, None)
         region = cls(shm, layout, owner=False)
         header = tuple(int(v) for v in region.header[:7])
         expect = (MAGIC, layout.world, layout.lanes, layout.slots, layout.slot_bytes, header[5], layout.exchange_bytes)
@@ -143,10 +156,9 @@ class Region:
         self._closed = True
         # views into the buffer must go before the mapping can be closed
         del self.header, self.meta, self.rings_np, self.xmeta, self.xblocks
-        with contextlib.suppress(BufferError):  # a view still alive somewhere: the mapping goes with the process
-            self.shm.close()
+        self.shm.close()
         if self.owner:
-            _unlink(self.shm._name)  # type: ignore[attr-defined]
+            _unlink("/" + self.shm.name)
 
 
 def _unlink(name: str) -> None:
