@@ -77,6 +77,57 @@ def _row_bytes(hidden: int, dtype: torch.dtype, int8: bool) -> int:
     return hidden + 4 if int8 else hidden * torch.tensor([], dtype=dtype).element_size()
 
 
+def pack_records(rows: torch.Tensor, ids: torch.Tensor, int8: bool) -> np.ndarray:
+    """``[n, 4 + row_bytes]`` records: an int32 expert id, then the row (INT8 + fp32 scale, or raw).
+    Fixed-size records let a trampoline forward any subset without decoding it."""
+    n = rows.shape[0]
+    row = _row_bytes(rows.shape[1], rows.dtype, int8)
+    body = (_quantize_rows(rows) if int8 else rows.contiguous().view(torch.uint8).numpy()).reshape(n, row)
+    head = ids.to(torch.int32).contiguous().numpy().view(np.uint8).reshape(n, 4)
+    return np.concatenate([head, body], axis=1)
+
+
+def unpack_records(
+    payload: np.ndarray, hidden: int, dtype: torch.dtype, int8: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bytes of ``n`` records -> ``(expert ids [n] long, rows [n, hidden] in dtype)``."""
+    rec = 4 + _row_bytes(hidden, dtype, int8)
+    records = torch.from_numpy(payload.copy()).view(-1, rec)
+    ids = records[:, :4].contiguous().view(torch.int32).reshape(-1).long()
+    body = records[:, 4:]
+    if int8:
+        q = body[:, :hidden].view(torch.int8).float()
+        scale = body[:, hidden:].contiguous().view(torch.float32)
+        return ids, (q * scale).to(dtype)
+    return ids, body.contiguous().view(dtype).reshape(-1, hidden)
+
+
+def rows_bytes(rows: torch.Tensor) -> np.ndarray:
+    return rows.contiguous().view(torch.uint8).numpy().reshape(-1)
+
+
+def rows_from(payload: np.ndarray, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(payload.copy()).view(dtype).reshape(-1, hidden)
+
+
+def group_by_expert(ids: torch.Tensor, rows: torch.Tensor, n_local: int):
+    """Stable sort of received rows by local expert: ``(rows, ids, counts per expert, order)``."""
+    order = torch.argsort(ids, stable=True)
+    return rows[order], ids[order], torch.bincount(ids, minlength=n_local), order
+
+
+def weighted_sum(
+    num_tokens: int, hidden: int, top_k: int, weights: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """``sum_k w[t, k] * row`` for (pair indices, rows) parts; pair index = token * top_k + slot."""
+    out = torch.zeros(num_tokens, hidden, dtype=torch.float32)
+    w = weights.reshape(-1).float()
+    for pairs, rows in parts:
+        if len(pairs):
+            out.index_add_(0, pairs // top_k, rows.float() * w[pairs].unsqueeze(1))
+    return out
+
+
 def dispatch(
     group: Exchange,
     x: torch.Tensor,
@@ -93,50 +144,32 @@ def dispatch(
     hidden = x.shape[1]
     flat = topk_ids.reshape(-1)
     dest = placement.owner[flat]
-    local = placement.local_index[flat].to(torch.int32)
+    local = placement.local_index[flat]
     sends, sent_pairs = [], []
     for d in range(group.world_size):
         pairs = (dest == d).nonzero().flatten()
-        rows = x.index_select(0, pairs // k)
-        body = _quantize_rows(rows) if int8 else rows.contiguous().view(torch.uint8).numpy()
-        sends.append(np.concatenate([local[pairs].numpy().view(np.uint8), body.reshape(-1)]))
+        sends.append(pack_records(x.index_select(0, pairs // k), local[pairs], int8).reshape(-1))
         sent_pairs.append(pairs)
     received = group.alltoallv(sends, event_id)
-    row_bytes = _row_bytes(hidden, x.dtype, int8)
-    ids, rows, counts = [], [], []
-    for payload in received:
-        n = payload.size // (4 + row_bytes)
-        counts.append(n)
-        ids.append(torch.from_numpy(payload[: 4 * n].copy().view(np.int32)).long())
-        body = torch.from_numpy(payload[4 * n :].copy()).view(n, row_bytes)
-        if int8:
-            q = body[:, :hidden].view(torch.int8).float()
-            scale = body[:, hidden:].contiguous().view(torch.float32)
-            rows.append((q * scale).to(x.dtype))
-        else:
-            rows.append(body.view(x.dtype).reshape(n, hidden))
-    all_ids = torch.cat(ids)
-    order = torch.argsort(all_ids, stable=True)
+    parsed = [unpack_records(p, hidden, x.dtype, int8) for p in received]
+    counts = [len(ids) for ids, _ in parsed]
     n_local = int((placement.owner == group.rank).sum())
-    per_expert = torch.bincount(all_ids, minlength=n_local)
-    handle = DispatchHandle(sent_pairs, counts, order, t, k, topk_weights, x.dtype, hidden)
-    return torch.cat(rows)[order], all_ids[order], per_expert, handle
+    rows, ids, per_expert, order = group_by_expert(
+        torch.cat([i for i, _ in parsed]), torch.cat([r for _, r in parsed]), n_local
+    )
+    return rows, ids, per_expert, DispatchHandle(sent_pairs, counts, order, t, k, topk_weights, x.dtype, hidden)
+
+
+def ungroup(expert_out: torch.Tensor, order: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    """Undo :func:`group_by_expert` and split the rows back per source."""
+    by_source = torch.empty_like(expert_out)
+    by_source[order] = expert_out
+    return list(torch.split(by_source, counts))
 
 
 def combine(group: Exchange, expert_out: torch.Tensor, handle: DispatchHandle, *, event_id: int) -> torch.Tensor:
     """``expert_out [R, H]`` in dispatch's output order -> ``[T, H]`` gate-weighted sums at the owners."""
-    by_source = torch.empty_like(expert_out)
-    by_source[handle.expert_order] = expert_out  # undo the grouping by expert
-    sends, start = [], 0
-    for n in handle.recv_counts:
-        sends.append(by_source[start : start + n].contiguous().view(torch.uint8).numpy().reshape(-1))
-        start += n
+    sends = [rows_bytes(r) for r in ungroup(expert_out, handle.expert_order, handle.recv_counts)]
     received = group.alltoallv(sends, event_id)
-    out = torch.zeros(handle.num_tokens, handle.hidden, dtype=torch.float32)
-    w = handle.weights.reshape(-1).float()
-    for pairs, payload in zip(handle.sent_pairs, received):
-        if len(pairs) == 0:
-            continue
-        rows = torch.from_numpy(payload.copy()).view(handle.dtype).reshape(len(pairs), handle.hidden).float()
-        out.index_add_(0, pairs // handle.top_k, rows * w[pairs].unsqueeze(1))
-    return out.to(handle.dtype)
+    parts = [(pairs, rows_from(p, handle.hidden, handle.dtype)) for pairs, p in zip(handle.sent_pairs, received)]
+    return weighted_sum(handle.num_tokens, handle.hidden, handle.top_k, handle.weights, parts).to(handle.dtype)

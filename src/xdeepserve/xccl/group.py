@@ -164,7 +164,8 @@ class XcclGroup:
             else:
                 self.channels[r] = GlooChannel(self._gloo, rank, r)
         self._policy = policy
-        self._xseq = 0
+        self._xsent = [0] * world_size  # exchange payloads published to each rank
+        self._xrecvd = [0] * world_size  # exchange payloads pulled from each rank
         self._xrecv = np.empty((world_size, cfg.exchange_bytes), dtype=np.uint8)  # receive side, reused
         self.barrier()
         return self
@@ -217,63 +218,83 @@ class XcclGroup:
         return Handle(self._worker(peer, "recv").submit(self.recv, out, peer, event_id), peer)
 
     # ---- pull-based exchange (the two phases of the paper's dispatch/combine, §3.2) ----------------------
-    def alltoallv(self, sends: list[torch.Tensor | np.ndarray], event_id: int) -> list[np.ndarray]:
-        """Every rank gives one byte payload per destination and gets one per source.
+    def exchange(
+        self, sends: dict[int, torch.Tensor | np.ndarray], sources: list[int], event_id: int
+    ) -> dict[int, np.ndarray]:
+        """Send one byte payload to each rank in ``sends`` and receive one from each rank in ``sources``
+        (either may include this rank). Only the listed pairs take part, so a sparse pattern (A2E via
+        trampolines) touches only its own metadata.
 
-        Same-host pairs: phase 1 — each rank copies its payload for ``d`` into its own block for ``d``
-        and publishes (count, event, sequence) in ``d``'s metadata; phase 2 — each rank waits until every
-        source has published, pulls the bytes from the source's block and acknowledges. A rank reuses a
-        block only after its destination acknowledged the previous exchange. Cross-host pairs exchange
-        the same payloads over gloo. The returned arrays are views into a buffer reused by the next call.
+        Same-host pairs: phase 1 — the sender copies its payload for ``d`` into its own block for ``d``
+        and publishes (count, event, sequence) in ``d``'s metadata; phase 2 — the receiver waits until
+        every source has published, pulls the bytes from the source's block and acknowledges. A block is
+        reused only after its destination acknowledged the previous payload. Cross-host pairs carry the
+        same payloads over gloo. The returned arrays are views into a buffer reused by the next call.
         """
-        if len(sends) != self.world_size:
-            raise ValueError(f"alltoallv needs one payload per rank ({self.world_size}), got {len(sends)}")
-        payloads = [s if isinstance(s, np.ndarray) else as_bytes(s) for s in sends]
+        payloads = {d: (p if isinstance(p, np.ndarray) else as_bytes(p)) for d, p in sends.items()}
         cap = self.config.exchange_bytes
-        for d, p in enumerate(payloads):
+        for d, p in payloads.items():
             if p.size > cap:
-                raise MessageSizeError(
-                    f"exchange payload of {p.size} bytes for rank {d} exceeds exchange_bytes={cap}", d
-                )
-        self._xseq += 1
-        seq, me, own = self._xseq, self.rank, self.region
-        shm_peers = [r for r, c in self.channels.items() if isinstance(c, ShmChannel)]
-        gloo_peers = [r for r, c in self.channels.items() if isinstance(c, GlooChannel)]
-        recv_n = [0] * self.world_size
+                raise MessageSizeError(f"exchange payload of {p.size} bytes for rank {d} exceeds exchange_bytes={cap}", d)
+        me, own = self.rank, self.region
+        received: dict[int, np.ndarray] = {}
 
         def wait(peer: int, ready, what: str) -> None:
             wait_until(ready, policy=self._policy, peer=peer, what=what, alive=self._alive_fn(self.peers[peer].pid))
 
         # phase 1: publish (after each destination released the block it pulled last time)
-        for d in shm_peers:
-            wait(d, lambda d=d: own.xmeta[d, XACK] >= seq - 1, f"release of exchange block {seq - 1}")
-            n = payloads[d].size
-            np.copyto(own.xblocks[d, :n], payloads[d])
+        handles = []
+        for d, payload in payloads.items():
+            if d == me:
+                continue
+            if isinstance(self.channels[d], GlooChannel):
+                handles.append(self.isend(torch.from_numpy(payload), d, event_id))
+                continue
+            seq = self._xsent[d] + 1
+            wait(d, lambda d=d, seq=seq: own.xmeta[d, XACK] >= seq - 1, f"release of exchange block {seq - 1}")
+            n = payload.size
+            np.copyto(own.xblocks[d, :n], payload)
             remote = self._attached[d].xmeta[me]
             remote[XCOUNT] = n
             remote[XEVENT] = event_id
             remote[XSEQ] = seq  # publish last
-        handles = [self.isend(torch.from_numpy(payloads[d]), d, event_id) for d in gloo_peers]
-        handles += [self.irecv(torch.from_numpy(self._xrecv[s]), s, event_id) for s in gloo_peers]
-        np.copyto(self._xrecv[me, : payloads[me].size], payloads[me])
-        recv_n[me] = payloads[me].size
+            self._xsent[d] = seq
+        for s in sources:
+            if s != me and isinstance(self.channels[s], GlooChannel):
+                handles.append(self.irecv(torch.from_numpy(self._xrecv[s]), s, event_id))
+        if me in sources:
+            n = payloads[me].size if me in payloads else 0
+            if n:
+                np.copyto(self._xrecv[me, :n], payloads[me])
+            received[me] = self._xrecv[me, :n]
         # phase 2: wait for every source, pull, acknowledge
-        for s in shm_peers:
+        for s in sources:
+            if s == me or isinstance(self.channels[s], GlooChannel):
+                continue
+            seq = self._xrecvd[s] + 1
             meta = own.xmeta[s]
-            wait(s, lambda meta=meta: meta[XSEQ] >= seq, f"exchange {seq} (event {event_id})")
+            wait(s, lambda meta=meta, seq=seq: meta[XSEQ] >= seq, f"exchange payload {seq} (event {event_id})")
             if int(meta[XEVENT]) != event_id:
                 raise EventMismatchError(
                     f"expected exchange event {event_id} from rank {s}, found event {int(meta[XEVENT])}", s
                 )
             n = int(meta[XCOUNT])
             np.copyto(self._xrecv[s, :n], self._attached[s].xblocks[me, :n])
-            recv_n[s] = n
+            received[s] = self._xrecv[s, :n]
             self._attached[s].xmeta[me, XACK] = seq
+            self._xrecvd[s] = seq
         for h in handles:
             n = h.wait(timeout_s=self.config.timeout_s)
-            if h.peer is not None and n is not None:
-                recv_n[h.peer] = n
-        return [self._xrecv[s, : recv_n[s]] for s in range(self.world_size)]
+            if n is not None:
+                received[h.peer] = self._xrecv[h.peer, :n]
+        return received
+
+    def alltoallv(self, sends: list[torch.Tensor | np.ndarray], event_id: int) -> list[np.ndarray]:
+        """Every rank sends one payload to every rank (itself included) and receives one from each."""
+        if len(sends) != self.world_size:
+            raise ValueError(f"alltoallv needs one payload per rank ({self.world_size}), got {len(sends)}")
+        got = self.exchange(dict(enumerate(sends)), list(range(self.world_size)), event_id)
+        return [got[s] for s in range(self.world_size)]
 
     # ---- collectives used for bookkeeping ------------------------------------------------------------------
     def barrier(self) -> None:
