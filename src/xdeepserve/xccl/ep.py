@@ -82,6 +82,8 @@ def pack_records(rows: torch.Tensor, ids: torch.Tensor, int8: bool) -> np.ndarra
     Fixed-size records let a trampoline forward any subset without decoding it."""
     n = rows.shape[0]
     row = _row_bytes(rows.shape[1], rows.dtype, int8)
+    if n == 0:
+        return np.zeros((0, 4 + row), dtype=np.uint8)
     body = (_quantize_rows(rows) if int8 else rows.contiguous().view(torch.uint8).numpy()).reshape(n, row)
     head = ids.to(torch.int32).contiguous().numpy().view(np.uint8).reshape(n, 4)
     return np.concatenate([head, body], axis=1)
@@ -91,6 +93,8 @@ def unpack_records(
     payload: np.ndarray, hidden: int, dtype: torch.dtype, int8: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bytes of ``n`` records -> ``(expert ids [n] long, rows [n, hidden] in dtype)``."""
+    if payload.size == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, hidden, dtype=dtype)
     rec = 4 + _row_bytes(hidden, dtype, int8)
     records = torch.from_numpy(payload.copy()).view(-1, rec)
     ids = records[:, :4].contiguous().view(torch.int32).reshape(-1).long()
@@ -103,10 +107,14 @@ def unpack_records(
 
 
 def rows_bytes(rows: torch.Tensor) -> np.ndarray:
+    if rows.numel() == 0:
+        return np.zeros(0, dtype=np.uint8)
     return rows.contiguous().view(torch.uint8).numpy().reshape(-1)
 
 
 def rows_from(payload: np.ndarray, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    if payload.size == 0:
+        return torch.zeros(0, hidden, dtype=dtype)
     return torch.from_numpy(payload.copy()).view(dtype).reshape(-1, hidden)
 
 
