@@ -170,12 +170,57 @@ def _collect(results, procs):
             if dead:
                 for p in procs:
                     p.kill()
-                raise RuntimeError(f"benchmark worker {dead[0].name} exited with code {dead[0].exitcode}")
+                raise RuntimeError(f"benchmark worker {dead[0].name} exited with code {dead[0].exitcode}") from None
     else:
         raise TimeoutError("benchmark workers did not report within 900 s")
     for p in procs:
         p.join(timeout=30)
     return out
+
+
+AFD_ATTN, AFD_EXPERTS, AFD_TOKENS = 3, 4, 32
+
+
+def _afd_worker(rank: int, port: int, trampoline: bool, iters: int, results) -> None:
+    torch.set_num_threads(1)
+    from xdeepserve.xccl import XcclConfig, XcclGroup
+    from xdeepserve.xccl.afd import AfdLayout, a2e, a2e_serve, e2a, e2a_serve
+
+    world = AFD_ATTN + AFD_EXPERTS
+    g = XcclGroup.init(rank, world, store_addr=("127.0.0.1", port), host_id="bench",
+                       config=XcclConfig(lanes=1, exchange_bytes=AFD_ATTN * AFD_TOKENS * EP_TOPK * (EP_HIDDEN * 4 + 4)))
+    layout = AfdLayout(tuple(range(AFD_EXPERTS, world)), tuple(range(AFD_EXPERTS)), EP_EXPERTS, trampoline)
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(AFD_TOKENS, EP_HIDDEN, generator=gen)
+    ids = torch.stack([torch.randperm(EP_EXPERTS, generator=gen)[:EP_TOPK] for _ in range(AFD_TOKENS)])
+    w = torch.rand(AFD_TOKENS, EP_TOPK, generator=gen)
+    times = []
+    for i in range(iters + 3):
+        t0 = time.perf_counter()
+        if rank in layout.attention:
+            h = a2e(g, layout, x, ids, w, event_id=2 * i)
+            e2a(g, layout, h, event_id=2 * i + 1)
+        else:
+            rows, _, _, h = a2e_serve(g, layout, hidden=EP_HIDDEN, dtype=torch.float32, event_id=2 * i)
+            e2a_serve(g, layout, rows, h, event_id=2 * i + 1)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    g.close()
+    if rank == AFD_EXPERTS:  # the first attention rank reports
+        results.put(times)
+
+
+def run_afd(trampoline: bool, iters: int) -> list[float]:
+    from xdeepserve.api.launch import free_port
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    world = AFD_ATTN + AFD_EXPERTS
+    procs = [ctx.Process(target=_afd_worker, args=(r, port, trampoline, iters, results)) for r in range(world)]
+    for p in procs:
+        p.start()
+    return _collect(results, procs)
 
 
 def run_p2p(kind: str, lanes: int, sizes: list[int], iters: int) -> dict[int, list[float]]:
@@ -236,6 +281,12 @@ def main() -> None:
             print(f"{'int8' if int8 else 'fp32':>8}{t:>8}{a[0]:>10.0f}/{a[1]:>7.0f}/{a[2]:>7.0f}"
                   f"{b[0]:>10.0f}/{b[1]:>7.0f}/{b[2]:>7.0f}{b[0] / a[0]:>9.2f}x")
     print(f"dispatch+combine speed-up over gloo (geometric mean): {math.exp(np.mean(np.log(ep_ratios))):.2f}")
+    afd = {"trampolines": run_afd(True, max(20, args.iters // 4)), "direct": run_afd(False, max(20, args.iters // 4))}
+    print(f"\nA2E + E2A, {AFD_ATTN} attention x {AFD_EXPERTS} expert ranks, {AFD_TOKENS} tokens per attention rank, "
+          f"hidden {EP_HIDDEN}, top-{EP_TOPK} of {EP_EXPERTS}; µs per round trip (p50 / p99 / max)")
+    for name, ts in afd.items():
+        p50, p99, mx = _stats(ts)
+        print(f"{name:>12}: {p50:8.0f} / {p99:7.0f} / {mx:7.0f}   p99/p50 {p99 / p50:.2f}")
     print(f"xccl vs gloo p2p latency ratio (<=1MiB, median): {math.exp(np.mean(np.log(ratios))):.2f}")
 
 

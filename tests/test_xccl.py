@@ -189,3 +189,38 @@ def test_dispatch_and_combine_across_simulated_hosts_give_the_same_results(two_h
     results = two_hosts.all("ep", case)
     assert all(kind == "ok" for kind, _ in results.values()), results
     assert max(err for _, err in results.values()) <= _ep_tolerance(case), (case, results)
+
+
+@pytest.fixture(scope="module")
+def seven_ranks():
+    c = Cluster(["h0"] * 7, lanes=1, slots=2, slot_bytes=4096, timeout_s=10.0)
+    yield c
+    c.stop()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(1, 10_000), tokens=st.integers(0, 16), k=st.integers(1, 3), int8=st.booleans(),
+       trampolines=st.booleans())
+def test_a2e_e2a_between_3_attention_and_4_expert_ranks_equal_the_reference(seven_ranks, seed, tokens, k, int8,
+                                                                           trampolines):
+    # 3 attention < 4 expert ranks: the first 3 expert ranks are trampolines. The direct variant uses
+    # 3 attention and 3 expert ranks (rank 6 idles), where no trampoline is needed.
+    experts = [3, 4, 5, 6] if trampolines else [3, 4, 5]
+    case = dict(seed=seed, attention=[0, 1, 2], experts=experts, tokens=tokens, k=k,
+                num_experts=12, hidden=16, int8=int8)
+    results = seven_ranks.all("afd", case)
+    assert all(kind == "ok" for kind, _ in results.values()), results
+    errors = [results[r][1] for r in (0, 1, 2)]
+    tolerance = k * 13 * 4.0 * (1 / 100 if int8 else 1e-6)
+    assert max(errors) <= tolerance, (case, errors)
+
+
+def test_afd_layout_pairs_each_attention_rank_with_one_trampoline():
+    from xdeepserve.xccl.afd import AfdLayout
+
+    layout = AfdLayout((4, 5, 6), (0, 1, 2, 3), 8)
+    assert layout.uses_trampolines and layout.trampolines == (0, 1, 2)
+    assert [layout.trampoline_of(a) for a in (4, 5, 6)] == [0, 1, 2]
+    assert layout.placement.owner.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="both an attention and an expert rank"):
+        AfdLayout((0, 1), (1, 2), 4)

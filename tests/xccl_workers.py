@@ -61,6 +61,31 @@ def run_ep(group: XcclGroup, seed: int, tokens: list[int], k: int, experts: int,
     return float((out.float() - ref).abs().max()) if t else 0.0
 
 
+def run_afd(group: XcclGroup, seed: int, attention: list[int], experts: list[int], tokens: int, k: int,
+            num_experts: int, hidden: int, int8: bool) -> float | None:
+    """One A2E + expert compute + E2A; attention ranks return their max error against the reference."""
+    from xdeepserve.xccl.afd import AfdLayout, a2e, a2e_serve, e2a, e2a_serve
+
+    layout = AfdLayout(tuple(attention), tuple(experts), num_experts)
+    event = 3 * seed
+    if group.rank in attention:
+        g = torch.Generator().manual_seed(seed * 100 + group.rank)
+        x = torch.randn(tokens, hidden, generator=g)
+        ids = torch.stack([torch.randperm(num_experts, generator=g)[:k] for _ in range(tokens)]) if tokens else torch.zeros(0, k, dtype=torch.long)
+        w = torch.rand(tokens, k, generator=g)
+        handle = a2e(group, layout, x, ids, w, event_id=event, int8=int8)
+        out = e2a(group, layout, handle, event_id=event + 1)
+        ref = torch.zeros(tokens, hidden)
+        for j in range(k):
+            ref += w[:, j : j + 1] * expert_fn(x, ids[:, j])
+        return float((out - ref).abs().max()) if tokens else 0.0
+    if group.rank in experts:
+        rows, local, _, handle = a2e_serve(group, layout, hidden=hidden, dtype=torch.float32, event_id=event, int8=int8)
+        global_ids = layout.placement.local_experts(group.rank)[local]
+        e2a_serve(group, layout, expert_fn(rows, global_ids), handle, event_id=event + 1)
+    return None
+
+
 def worker(rank: int, world: int, port: int, host_id: str, config: dict, commands, results) -> None:
     try:
         group = XcclGroup.init(rank, world, store_addr=("127.0.0.1", port), host_id=host_id,
@@ -78,6 +103,8 @@ def worker(rank: int, world: int, port: int, host_id: str, config: dict, command
                 return
             if cmd == "transfers":
                 results.put((rank, "ok", run_transfers(group, arg)))
+            elif cmd == "afd":
+                results.put((rank, "ok", run_afd(group, **arg)))
             elif cmd == "ep":
                 results.put((rank, "ok", run_ep(group, **arg)))
             elif cmd == "send":
