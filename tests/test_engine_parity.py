@@ -61,3 +61,9 @@ def test_16_concurrent_requests_with_prefix_sharing_and_preemption_match_hf(arch
     verdicts = [check_greedy(hf, p, got[f"r{i}"], hf_reference(hf, p, n)) for i, (p, n) in enumerate(reqs)]
     assert verdicts.count("equal") >= len(reqs) - 2, verdicts  # ties are rare; more would hide a bug
     assert core.kv.usage == 0.0 and not core.has_work()
+
+
+def test_without_chunked_prefill_the_token_budget_must_hold_a_whole_prompt(tiny_checkpoint):
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        EngineCore(EngineConfig(model=str(tiny_checkpoint("mixtral")), enable_chunked_prefill=False,
+                                max_num_batched_tokens=64, max_model_len=256, num_kv_blocks=64, block_size=8))

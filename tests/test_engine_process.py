@@ -127,3 +127,22 @@ def test_dead_engine_fails_in_flight_requests_with_an_error_naming_it(tiny_check
             await client.shutdown()
 
     asyncio.run(main())
+
+
+def test_dead_output_process_fails_requests_instead_of_hanging(tiny_checkpoint):
+    async def main():
+        client = await AsyncEngineClient.start(EngineConfig(model=str(tiny_checkpoint("qwen3_moe")), max_model_len=2048))
+        try:
+            gen = client.generate("victim", [5] * 10, SamplingParams(max_tokens=2000, ignore_eos=True))
+            await gen.__anext__()
+            os.kill(client.output_pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(EngineDeadError, match="output process"):
+                async for _ in gen:
+                    pass
+            assert time.monotonic() - t0 < 10.0
+            assert not client.healthy
+        finally:
+            await client.shutdown()
+
+    asyncio.run(main())

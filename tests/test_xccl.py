@@ -110,6 +110,17 @@ def test_mixed_same_host_and_cross_host_groups_deliver_the_same_bytes(two_hosts,
     assert all(kind == "ok" and all(v) for kind, v in results.values()), results
 
 
+def test_blocking_and_non_blocking_sends_to_one_peer_keep_program_order():
+    c = Cluster(["h0", "h0"], lanes=2, slots=2, slot_bytes=4096, timeout_s=10.0)
+    try:
+        for q in c.commands:
+            q.put(("mixed_order", None))
+        res = c.collect()
+        assert res[0] == ("ok", True) and res[1] == ("ok", True), res
+    finally:
+        c.stop()
+
+
 def test_messages_larger_than_the_ring_stream_through_it(same_host):
     big = 4 * 4096 * 2 * 10 + 123  # many times the 2 lanes x 2 slots x 4 KiB ring
     results = same_host.all("transfers", [(0, 3, big, "uint8", 1), (3, 0, big // 2, "float32", 2)])

@@ -103,6 +103,18 @@ def worker(rank: int, world: int, port: int, host_id: str, config: dict, command
                 return
             if cmd == "transfers":
                 results.put((rank, "ok", run_transfers(group, arg)))
+            elif cmd == "mixed_order":  # a non-blocking send, then a blocking one, to the same peer
+                if rank == 0:
+                    h = group.isend(payload(1, 50_000, "float32"), 1, 1)
+                    group.send(payload(2, 70_000, "float32"), 1, 2)
+                    h.wait(timeout_s=30)
+                    results.put((rank, "ok", True))
+                else:
+                    a, b = torch.empty(50_000), torch.empty(70_000)
+                    group.recv(a, 0, 1)
+                    group.recv(b, 0, 2)
+                    results.put((rank, "ok", torch.equal(a, payload(1, 50_000, "float32"))
+                                 and torch.equal(b, payload(2, 70_000, "float32"))))
             elif cmd == "afd":
                 results.put((rank, "ok", run_afd(group, **arg)))
             elif cmd == "ep":

@@ -41,6 +41,7 @@ class AsyncEngineClient:
         self.max_model_len = 0
         self.vocab_size = 0
         self.eos_token_ids: tuple[int, ...] = ()
+        self.output_pid: int | None = None
         self._queues: dict[str, asyncio.Queue] = {}
         self._stats = EngineStats()
         self._stats_time = 0.0
@@ -72,6 +73,7 @@ class AsyncEngineClient:
                     self.max_model_len = info["max_model_len"]
                     self.vocab_size = info["vocab_size"]
                     self.eos_token_ids = tuple(info["eos_token_ids"])
+                    self.output_pid = info["output_pid"]
                     break
                 if msg[0] == "fatal":
                     await self._close_sockets()

@@ -53,6 +53,11 @@ class EngineCore:
         self.bundle = bundle
         model = bundle.model
         self.max_model_len = min(max_len or 4096, model.max_positions)
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"without chunked prefill a prompt must fit one step: max_num_batched_tokens "
+                f"({config.max_num_batched_tokens}) must be >= max_model_len ({self.max_model_len})"
+            )
         bs = config.block_size
         num_blocks = config.num_kv_blocks or num_blocks_for_memory(
             model, config.kv_cache_memory_bytes, bs, config.torch_dtype

@@ -13,6 +13,7 @@ bottleneck. Control messages are msgpack over ZeroMQ PUSH/PULL sockets (ipc:// o
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
@@ -30,6 +31,7 @@ from .request import EngineOutput, FinishReason, InvalidRequestError, SamplingPa
 
 log = logging.getLogger(__name__)
 
+OUTPUT_SEND_TIMEOUT_MS = 2000
 STATS_INTERVAL_S = 0.25
 STATS_MIN_INTERVAL_S = 0.02  # when requests finish, stats go out at once, but not more often than this
 REJECTED = "invalid request: "  # prefix of the error of a request the engine refused to admit
@@ -104,6 +106,8 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
     inp = ctx.socket(zmq.PULL)
     inp.bind(addrs.core_input)
     to_output = ctx.socket(zmq.PUSH)
+    # a PUSH with no live peer blocks forever: bound every send, and check the child every iteration
+    to_output.setsockopt(zmq.SNDTIMEO, OUTPUT_SEND_TIMEOUT_MS)
     to_output.bind(addrs.core_to_output)
     child = mp.get_context("spawn").Process(
         target=run_output_process, args=(config.model, addrs), name="xds-output", daemon=True
@@ -155,20 +159,19 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     break
             if not running:
                 break
+            if not child.is_alive():
+                raise RuntimeError(f"output process (pid {child.pid}) died with exit code {child.exitcode}")
             changed = False
             if core.has_work():
                 outs = core.step()
                 if outs:
                     to_output.send(pack("outputs", [_output_to_wire(o) for o in outs]))
                     changed = any(o.finished for o in outs) or not core.has_work()
-                if core.num_steps % GC_EVERY_STEPS == 0:
+                if outs and core.num_steps % GC_EVERY_STEPS == 0:
                     gc.collect()
-            else:
-                if not child.is_alive():
-                    raise RuntimeError(f"output process (pid {child.pid}) died with exit code {child.exitcode}")
-                if os.getppid() != frontend_pid:
-                    log.warning("frontend (pid %d) is gone; engine core exiting", frontend_pid)
-                    break
+            elif os.getppid() != frontend_pid:
+                log.warning("frontend (pid %d) is gone; engine core exiting", frontend_pid)
+                break
             now = time.monotonic()
             if now - last_stats >= (STATS_MIN_INTERVAL_S if changed else STATS_INTERVAL_S):
                 to_frontend.send(pack("stats", asdict(core.stats())))
@@ -177,7 +180,8 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
         to_frontend.send(pack("fatal", f"engine core failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
         raise
     finally:
-        to_output.send(pack("shutdown"))
+        with contextlib.suppress(zmq.ZMQError):
+            to_output.send(pack("shutdown"), zmq.NOBLOCK)
         child.join(timeout=2)
         if child.is_alive():
             child.terminate()

@@ -8,6 +8,8 @@ request with the same prefix revives them, and allocation evicts the least recen
 
 from __future__ import annotations
 
+import array
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ from .request import Request
 class Block:
     block_id: int
     ref_count: int = 0
-    block_hash: int | None = None  # set once the block is full and its tokens are final
+    block_hash: bytes | None = None  # set once the block is full and its tokens are final
 
 
 class KVCacheManager:
@@ -29,8 +31,8 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self._cached: dict[int, int] = {}  # block hash -> block id
-        self._req_hashes: dict[str, list[int]] = {}  # request id -> hashes of its full blocks
+        self._cached: dict[bytes, int] = {}  # block hash -> block id
+        self._req_hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks
         self.prefix_hit_tokens = 0
         self.prefix_query_tokens = 0
 
@@ -46,16 +48,24 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def record_admission(self, req: Request) -> None:
+        """Count one prefix-cache lookup for an admitted request (failed attempts are not counted)."""
+        self.prefix_query_tokens += req.num_prompt_tokens
+        self.prefix_hit_tokens += req.num_cached_tokens
+
     # ---- hashing -----------------------------------------------------------------------------------
-    def _block_hashes(self, req: Request, upto_tokens: int) -> list[int]:
+    def _block_hashes(self, req: Request, upto_tokens: int) -> list[bytes]:
         """Hash chain of the full blocks among the request's first ``upto_tokens`` tokens (memoised;
         the returned list may be longer when an earlier call asked for more)."""
         hashes = self._req_hashes.setdefault(req.request_id, [])
         tokens = req.all_token_ids
         bs = self.block_size
         for i in range(len(hashes), upto_tokens // bs):
-            parent = hashes[-1] if hashes else 0
-            hashes.append(hash((parent, tuple(tokens[i * bs : (i + 1) * bs]))))
+            # a 128-bit chained digest, not Python's hash(): a collision would hand one prompt another
+            # prompt's KV blocks
+            h = hashlib.blake2b(hashes[-1] if hashes else b"", digest_size=16)
+            h.update(array.array("q", tokens[i * bs : (i + 1) * bs]).tobytes())
+            hashes.append(h.digest())
         return hashes
 
     # ---- admission ---------------------------------------------------------------------------------
@@ -73,8 +83,6 @@ class KVCacheManager:
             if bid is None:
                 break
             hit.append(bid)
-        self.prefix_query_tokens += req.num_prompt_tokens
-        self.prefix_hit_tokens += len(hit) * self.block_size
         return hit
 
     def allocate(self, req: Request, num_new_tokens: int, prefix_blocks: list[int] | None = None) -> bool:

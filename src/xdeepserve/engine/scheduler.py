@@ -129,8 +129,10 @@ class Scheduler:
             n = min(remaining, budget)
             if n < remaining and not self.enable_chunked_prefill:
                 break
+            req.num_cached_tokens = 0
             if not self.kv.allocate(req, n, prefix):
                 break
+            self.kv.record_admission(req)
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
             self.running.append(req)

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import secrets
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -118,6 +119,8 @@ class XcclGroup:
         self.region: Region | None = None
         self._attached: dict[int, Region] = {}
         self._workers: dict[tuple[int, str], ThreadPoolExecutor] = {}
+        self._locks: dict[tuple[int, str], threading.Lock] = {}
+        self._last: dict[tuple[int, str], Future] = {}
         self._store: dist.TCPStore | None = None
         self._gloo = None
         self._barrier_gen = 0
@@ -193,29 +196,48 @@ class XcclGroup:
             cleanup_stale_segments()  # the dead peer cannot unlink its own segment
             raise
 
+    # Messages between a pair travel in program order. Blocking calls run on the caller's thread (no
+    # hand-off on the latency path) after any earlier non-blocking call of the same (peer, direction)
+    # has finished; a lock per (peer, direction) keeps two operations from sharing the channel.
+    def _ordered(self, peer: int, direction: str, op):
+        key = (peer, direction)
+        last = self._last.get(key)
+        if last is not None and not last.done():
+            last.result()
+        with self._locks.setdefault(key, threading.Lock()):
+            return self._guard(op, peer)
+
     def send(self, tensor: torch.Tensor, peer: int, event_id: int) -> None:
         """Blocking send: returns once the peer has received and acknowledged every byte."""
         channel = self._channel(peer)
-        self._guard(lambda: channel.send(tensor, event_id), peer)
+        self._ordered(peer, "send", lambda: channel.send(tensor, event_id))
 
     def recv(self, out: torch.Tensor, peer: int, event_id: int) -> int:
         """Blocking receive into ``out`` (at least the message's size); returns the message size in bytes."""
         channel = self._channel(peer)
-        return self._guard(lambda: channel.recv(out, event_id), peer)
+        return self._ordered(peer, "recv", lambda: channel.recv(out, event_id))
 
-    def _worker(self, peer: int, direction: str) -> ThreadPoolExecutor:
+    def _submit(self, peer: int, direction: str, op) -> Handle:
         key = (peer, direction)
         if key not in self._workers:  # one thread per (peer, direction) keeps messages in order
             self._workers[key] = ThreadPoolExecutor(1, thread_name_prefix=f"xccl{self.rank}-{direction}{peer}")
-        return self._workers[key]
+        lock = self._locks.setdefault(key, threading.Lock())
+
+        def run():
+            with lock:
+                return self._guard(op, peer)
+
+        future = self._workers[key].submit(run)
+        self._last[key] = future
+        return Handle(future, peer)
 
     def isend(self, tensor: torch.Tensor, peer: int, event_id: int) -> Handle:
-        self._channel(peer)
-        return Handle(self._worker(peer, "send").submit(self.send, tensor, peer, event_id), peer)
+        channel = self._channel(peer)
+        return self._submit(peer, "send", lambda: channel.send(tensor, event_id))
 
     def irecv(self, out: torch.Tensor, peer: int, event_id: int) -> Handle:
-        self._channel(peer)
-        return Handle(self._worker(peer, "recv").submit(self.recv, out, peer, event_id), peer)
+        channel = self._channel(peer)
+        return self._submit(peer, "recv", lambda: channel.recv(out, event_id))
 
     # ---- pull-based exchange (the two phases of the paper's dispatch/combine, §3.2) ----------------------
     def exchange(
@@ -231,7 +253,21 @@ class XcclGroup:
         reused only after its destination acknowledged the previous payload. Cross-host pairs carry the
         same payloads over gloo. The returned arrays are views into a buffer reused by the next call.
         """
-        payloads = {d: (p if isinstance(p, np.ndarray) else as_bytes(p)) for d, p in sends.items()}
+        if self._closed:
+            raise XcclError("the group is closed")
+        try:
+            return self._exchange(sends, sources, event_id)
+        except PeerDeadError:
+            cleanup_stale_segments()  # the dead peer cannot unlink its own segment
+            raise
+
+    def _exchange(
+        self, sends: dict[int, torch.Tensor | np.ndarray], sources: list[int], event_id: int
+    ) -> dict[int, np.ndarray]:
+        payloads = {
+            d: (np.ascontiguousarray(p).reshape(-1).view(np.uint8) if isinstance(p, np.ndarray) else as_bytes(p))
+            for d, p in sends.items()
+        }
         cap = self.config.exchange_bytes
         for d, p in payloads.items():
             if p.size > cap:
@@ -326,6 +362,7 @@ class XcclGroup:
         if self.region is not None:
             self.region.close()
         self._gloo = None
+        self._store = None  # rank 0's store server goes with its last reference
 
     def __enter__(self) -> XcclGroup:
         return self
