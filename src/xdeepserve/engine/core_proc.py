@@ -114,6 +114,16 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
     )
     child.start()
     _wait_for_output_process(inp, child)
+
+    def send_to_output(msg: bytes) -> None:
+        try:
+            to_output.send(msg)
+        except zmq.Again:
+            state = "alive" if child.is_alive() else f"dead, exit code {child.exitcode}"
+            raise RuntimeError(
+                f"output process (pid {child.pid}, {state}) took no message for {OUTPUT_SEND_TIMEOUT_MS} ms"
+            ) from None
+
     to_frontend.send(
         pack(
             "ready",
@@ -144,16 +154,16 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     try:
                         sp = SamplingParams.from_wire(sp_wire)
                         core.add_request(rid, prompt, sp)
-                        to_output.send(pack("register", rid, prompt[-8:], list(sp.stop), sp.include_stop_str_in_output))
+                        send_to_output(pack("register", rid, prompt[-8:], list(sp.stop), sp.include_stop_str_in_output))
                     except (InvalidRequestError, TypeError, ValueError) as e:
                         err = EngineOutput(rid, (), FinishReason.ERROR, error=f"{REJECTED}{e}")
-                        to_output.send(pack("register", rid, [], [], False))
-                        to_output.send(pack("outputs", [_output_to_wire(err)]))
+                        send_to_output(pack("register", rid, [], [], False))
+                        send_to_output(pack("outputs", [_output_to_wire(err)]))
                 elif kind == "abort":
                     aborted = core.abort(msg[1])
                     if aborted:
                         outs = [_output_to_wire(EngineOutput(r, (), FinishReason.ABORT)) for r in aborted]
-                        to_output.send(pack("outputs", outs))
+                        send_to_output(pack("outputs", outs))
                 elif kind == "shutdown":
                     running = False
                     break
@@ -165,7 +175,7 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
             if core.has_work():
                 outs = core.step()
                 if outs:
-                    to_output.send(pack("outputs", [_output_to_wire(o) for o in outs]))
+                    send_to_output(pack("outputs", [_output_to_wire(o) for o in outs]))
                     changed = any(o.finished for o in outs) or not core.has_work()
                 if outs and core.num_steps % GC_EVERY_STEPS == 0:
                     gc.collect()
