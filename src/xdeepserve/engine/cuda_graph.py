@@ -47,7 +47,9 @@ class CudaGraphDecoder:
         self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=dev)
         self.seq_lens = torch.ones(max_batch, dtype=torch.long, device=dev)
         self.block_tables = torch.full((max_batch, max_blocks), scratch_block, dtype=torch.long, device=dev)
-        self.logits = None
+        # every graph writes its logits here, so intermediates of one capture can be reused by the next
+        # (a per-graph output would stay allocated in the pool for each (batch, context) bucket)
+        self.logits = torch.empty(max_batch, model.config.vocab_size, dtype=torch.float32, device=dev)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -59,7 +61,9 @@ class CudaGraphDecoder:
         group, positions, slots = decode_group(self.seq_lens[:b], self.block_tables[:b, :nblk], self.block_size, self.dtype)
         meta = AttentionMetadata(positions=positions, slot_mapping=slots, groups=[group], num_tokens=b)
         hidden = self.model(self.input_ids[:b], meta, self.kv_caches)
-        return self.model.compute_logits(hidden)
+        out = self.logits[:b]
+        out.copy_(self.model.compute_logits(hidden))
+        return out
 
     def _capture(self, b: int, k: int):
         stream = torch.cuda.Stream()
