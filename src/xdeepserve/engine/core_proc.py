@@ -142,6 +142,8 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
     poller.register(inp, zmq.POLLIN)
     last_stats = 0.0
     running = True
+    admissions = 0
+    generation: dict[str, int] = {}  # request id -> admission number, to match stop-string aborts
     try:
         while running:
             timeout = 0 if core.has_work() else IDLE_POLL_MS
@@ -154,16 +156,26 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     try:
                         sp = SamplingParams.from_wire(sp_wire)
                         core.add_request(rid, prompt, sp)
-                        send_to_output(pack("register", rid, prompt[-8:], list(sp.stop), sp.include_stop_str_in_output))
+                        admissions += 1
+                        generation[rid] = admissions
+                        send_to_output(pack("register", rid, admissions, prompt[-8:], list(sp.stop),
+                                            sp.include_stop_str_in_output))
                     except (InvalidRequestError, TypeError, ValueError) as e:
                         err = EngineOutput(rid, (), FinishReason.ERROR, error=f"{REJECTED}{e}")
-                        send_to_output(pack("register", rid, [], [], False))
+                        send_to_output(pack("register", rid, 0, [], [], False))
                         send_to_output(pack("outputs", [_output_to_wire(err)]))
-                elif kind == "abort":
+                elif kind == "abort":  # from the frontend: the client went away
                     aborted = core.abort(msg[1])
+                    for r in aborted:
+                        generation.pop(r, None)
                     if aborted:
                         outs = [_output_to_wire(EngineOutput(r, (), FinishReason.ABORT)) for r in aborted]
                         send_to_output(pack("outputs", outs))
+                elif kind == "stop":  # from the output child: a stop string ended these requests
+                    # only the admission the child saw: the id may already name a newer request
+                    ended = [r for r, g in msg[1] if generation.get(r) == g]
+                    for r in core.abort(ended):
+                        generation.pop(r, None)
                 elif kind == "shutdown":
                     running = False
                     break
@@ -176,6 +188,9 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                 outs = core.step()
                 if outs:
                     send_to_output(pack("outputs", [_output_to_wire(o) for o in outs]))
+                    for o in outs:
+                        if o.finished:
+                            generation.pop(o.request_id, None)
                     changed = any(o.finished for o in outs) or not core.has_work()
                 if outs and core.num_steps % GC_EVERY_STEPS == 0:
                     gc.collect()
@@ -234,7 +249,8 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
     to_core = ctx.socket(zmq.PUSH)
     to_core.connect(addrs.core_input)
     to_core.send(pack("output_ready"))
-    states: dict[str, tuple[IncrementalDetokenizer, list[int]]] = {}  # rid -> (detok, [n_output_tokens])
+    # rid -> (detokenizer, [output tokens so far], admission number)
+    states: dict[str, tuple[IncrementalDetokenizer, list[int], int]] = {}
     try:
         while True:
             if not inp.poll(1000):
@@ -245,8 +261,8 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
             if msg[0] == "shutdown":
                 return
             if msg[0] == "register":
-                _, rid, tail, stop, include = msg
-                states[rid] = (IncrementalDetokenizer(tokenizer, tail, tuple(stop), include), [0])
+                _, rid, admission, tail, stop, include = msg
+                states[rid] = (IncrementalDetokenizer(tokenizer, tail, tuple(stop), include), [0], admission)
                 continue
             deltas, stopped = [], []
             for w in msg[1]:
@@ -254,14 +270,14 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
                 state = states.get(out.request_id)
                 if state is None:
                     continue  # already finished here (e.g. by a stop string)
-                detok, count = state
+                detok, count, admission = state
                 count[0] += len(out.new_token_ids)
                 text = detok.add(out.new_token_ids, out.finished)
                 reason = out.finish_reason
                 if detok.stopped:
                     reason = FinishReason.STOP
                     if not out.finished:
-                        stopped.append(out.request_id)
+                        stopped.append([out.request_id, admission])
                 if reason is not None:
                     del states[out.request_id]
                 deltas.append(
@@ -280,7 +296,7 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
             if deltas:
                 to_frontend.send(pack("outputs", deltas))
             if stopped:
-                to_core.send(pack("abort", stopped))
+                to_core.send(pack("stop", stopped))
     finally:
         for s in (inp, to_frontend, to_core):
             s.close(linger=200)
