@@ -86,6 +86,24 @@ EP_TOKENS = [4, 16, 32, 64, 128]
 EP_HIDDEN, EP_TOPK, EP_EXPERTS, EP_WORLD = 1024, 8, 32, 4
 
 
+def _routed_batch(rank: int, tokens: int):
+    """Hidden states, top-k expert ids and gate weights of one rank's tokens (seeded by the rank)."""
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(tokens, EP_HIDDEN, generator=g)
+    ids = torch.stack([torch.randperm(EP_EXPERTS, generator=g)[:EP_TOPK] for _ in range(tokens)])
+    return x, ids, torch.rand(tokens, EP_TOPK, generator=g)
+
+
+def _spawn_ranks(target, args_of_rank: list[tuple]):
+    """One spawned process per rank running ``target(*args, results)``; returns what rank 0 reports."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, results)) for args in args_of_rank]
+    for p in procs:
+        p.start()
+    return _collect(results, procs)
+
+
 class GlooAllToAll:
     """Baseline exchange with dispatch/combine's contract: gloo all_to_all_single of the byte counts,
     then of the bytes."""
@@ -121,14 +139,11 @@ def _ep_worker(kind: str, rank: int, port: int, iters: int, results) -> None:
         store = dist.TCPStore("127.0.0.1", port, EP_WORLD, is_master=rank == 0, timeout=datetime.timedelta(seconds=60))
         ex = GlooAllToAll(dist.ProcessGroupGloo(store, rank, EP_WORLD, datetime.timedelta(seconds=60)), rank, EP_WORLD)
     placement = ExpertPlacement.contiguous(EP_EXPERTS, EP_WORLD)
-    g = torch.Generator().manual_seed(rank)
     out = {}
     event = 0
     for int8 in (False, True):
         for t in EP_TOKENS:
-            x = torch.randn(t, EP_HIDDEN, generator=g)
-            ids = torch.stack([torch.randperm(EP_EXPERTS, generator=g)[:EP_TOPK] for _ in range(t)])
-            w = torch.rand(t, EP_TOPK, generator=g)
+            x, ids, w = _routed_batch(rank, t)
             times = []
             for i in range(iters + 3):
                 t0 = time.perf_counter()
@@ -147,13 +162,8 @@ def _ep_worker(kind: str, rank: int, port: int, iters: int, results) -> None:
 def run_ep(kind: str, iters: int) -> dict:
     from xdeepserve.api.launch import free_port
 
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_ep_worker, args=(kind, r, port, iters, results)) for r in range(EP_WORLD)]
-    for p in procs:
-        p.start()
-    return _collect(results, procs)
+    return _spawn_ranks(_ep_worker, [(kind, r, port, iters) for r in range(EP_WORLD)])
 
 
 def _collect(results, procs):
@@ -190,10 +200,7 @@ def _afd_worker(rank: int, port: int, trampoline: bool, iters: int, results) -> 
     g = XcclGroup.init(rank, world, store_addr=("127.0.0.1", port), host_id="bench",
                        config=XcclConfig(lanes=1, exchange_bytes=AFD_ATTN * AFD_TOKENS * EP_TOPK * (EP_HIDDEN * 4 + 4)))
     layout = AfdLayout(tuple(range(AFD_EXPERTS, world)), tuple(range(AFD_EXPERTS)), EP_EXPERTS, trampoline)
-    gen = torch.Generator().manual_seed(rank)
-    x = torch.randn(AFD_TOKENS, EP_HIDDEN, generator=gen)
-    ids = torch.stack([torch.randperm(EP_EXPERTS, generator=gen)[:EP_TOPK] for _ in range(AFD_TOKENS)])
-    w = torch.rand(AFD_TOKENS, EP_TOPK, generator=gen)
+    x, ids, w = _routed_batch(rank, AFD_TOKENS)
     times = []
     for i in range(iters + 3):
         t0 = time.perf_counter()
@@ -213,27 +220,16 @@ def _afd_worker(rank: int, port: int, trampoline: bool, iters: int, results) -> 
 def run_afd(trampoline: bool, iters: int) -> list[float]:
     from xdeepserve.api.launch import free_port
 
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     port = free_port()
-    world = AFD_ATTN + AFD_EXPERTS
-    procs = [ctx.Process(target=_afd_worker, args=(r, port, trampoline, iters, results)) for r in range(world)]
-    for p in procs:
-        p.start()
-    return _collect(results, procs)
+    return _spawn_ranks(_afd_worker, [(r, port, trampoline, iters) for r in range(AFD_ATTN + AFD_EXPERTS)])
 
 
 def run_p2p(kind: str, lanes: int, sizes: list[int], iters: int) -> dict[int, list[float]]:
     from xdeepserve.api.launch import free_port
 
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    a, b = ctx.Pipe()
+    a, b = mp.get_context("spawn").Pipe()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(kind, r, port, lanes, sizes, iters, (a, b)[r], results)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    return _collect(results, procs)
+    return _spawn_ranks(_worker, [(kind, r, port, lanes, sizes, iters, (a, b)[r]) for r in (0, 1)])
 
 
 def _stats(ts: list[float]) -> tuple[float, float, float]:
