@@ -1,0 +1,3 @@
+"""mrct_registration package (see README)."""
+
+__version__ = "0.1.0"
