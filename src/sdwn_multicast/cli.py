@@ -1,15 +1,205 @@
-"""Command line entry point ``sdwn-mcast``."""
+"""Command line entry point ``sdwn-mcast``.
+
+Subcommands: ``topology`` (describe a multi-domain topology), ``simulate`` (live stepping),
+``dataset`` (write an offline snapshot dataset), ``tree`` (build one multicast tree), ``eval`` (the
+evaluation harness) and ``control`` (start the multi-process control plane and serve one tree request).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _members(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"members must be node ids separated by commas: {text!r}") from exc
+
+
+def cmd_topology(args) -> int:
+    from .topology import load_topology
+
+    t = load_topology(args.name, n_domains=args.domains, seed=args.seed)
+    print(f"{t.name}: {t.graph.number_of_nodes()} nodes, {t.graph.number_of_edges()} links, "
+          f"{t.n_domains} domains, {len(t.inter_domain_links)} inter-domain links")
+    for d in range(t.n_domains):
+        print(f"  D{d + 1}: {len(t.domain_nodes(d))} nodes, {len(t.intra_domain_links(d))} intra links, "
+              f"boundary {sorted(t.boundary_nodes(d))}")
+    print(f"  inter-domain links: {list(t.inter_domain_links)}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .simulator import LinkStateSimulator
+    from .topology import load_topology
+
+    t = load_topology(args.topology, n_domains=args.domains, seed=args.seed)
+    sim = LinkStateSimulator(t, seed=args.seed)
+    print("step  hour   up  free_bw_med  delay_med_ms  loss_max")
+    for s in sim.run(args.steps):
+        if s.step % args.every == 0:
+            u = s.up
+            print(f"{s.step:5d} {s.hour:5.2f} {int(u.sum()):4d} {np.median(s.free_bw_mbps[u]):11.2f} "
+                  f"{np.median(s.delay_ms[u]):13.3f} {s.loss[u].max():9.3f}")
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    from .dataset import generate_dataset
+    from .topology import load_topology
+
+    t = load_topology(args.topology, n_domains=args.domains, seed=args.seed)
+    out = generate_dataset(t, args.snapshots, args.out, seed=args.seed, every_n_steps=args.every,
+                           progress=True)
+    print(f"wrote {args.snapshots} snapshots of {t.name} to {out}")
+    return 0
+
+
+def cmd_tree(args) -> int:
+    from .evaluation import build_tree, tree_metrics
+    from .simulator import LinkStateSimulator
+    from .topology import load_topology
+    from .trees import validate_tree
+
+    t = load_topology(args.topology, n_domains=args.domains, seed=args.seed)
+    sim = LinkStateSimulator(t, seed=args.seed)
+    for _ in range(args.step + 1):
+        snap = sim.step()
+    g = snap.to_graph()
+    t0 = time.perf_counter()
+    tree = build_tree(args.method, t, g, args.source, tuple(args.members), args.weight)
+    ms = (time.perf_counter() - t0) * 1e3
+    validate_tree(g, tree, args.source, args.members)
+    print(f"{args.method} tree on {t.name} at step {snap.step} ({ms:.1f} ms): {sorted(tree.edges)}")
+    for k, v in tree_metrics(g, tree, args.source, tuple(args.members), args.weight).items():
+        print(f"  {k}: {v:.4f}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dataclasses import replace
+
+    from .evaluation import QUICK_CONFIG, EvalConfig, run_evaluation, write_outputs
+
+    cfg = QUICK_CONFIG if args.quick else EvalConfig()
+    over = {k: v for k, v in {
+        "topologies": tuple(args.topologies) if args.topologies else None,
+        "methods": tuple(args.methods) if args.methods else None,
+        "n_requests": args.requests, "cost_weight": args.weight, "seed": args.seed,
+        "n_domains": args.domains}.items() if v is not None}
+    cfg = replace(cfg, **over)
+    t0 = time.perf_counter()
+    result = run_evaluation(cfg, progress=not args.no_progress)
+    paths = write_outputs(result, args.out)
+    print(paths["summary"].read_text())
+    print(f"wrote {paths['csv']}, {paths['summary']} and {len(paths) - 2} plots to {args.out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    df = result.rows
+    kmb = df[(df.method == "kmb") & df.valid]["cost_ratio"].dropna()
+    if len(kmb):
+        print(f"kmb cost ratio to optimum (mean): {kmb.mean():.3f}")
+    return 0
+
+
+def cmd_control(args) -> int:
+    from .control.launcher import ControlPlane, FaultConfig
+
+    faults = FaultConfig(drop_prob=args.drop, dup_prob=args.dup, max_delay_ms=args.delay_ms, seed=args.seed)
+    with ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed) as cp:
+        client = cp.client()
+        for m in args.members:
+            client.join(group=1, member=m)
+        time.sleep(2 * args.sync_period)
+        view = client.group_view(1)
+        print(f"group 1 view v{view.version}: members by domain {view.members_by_domain}")
+        commit = client.request_tree(group=1, source=args.source, timeout_s=10.0)
+        print(f"tree commit v{commit.version} for request {commit.request_id}: {sorted(commit.edges)}")
+        client.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdwn-mcast", description="Cross-domain SDWN multicast routing")
+    sub = p.add_subparsers(dest="command")
+
+    def topo_args(sp, default="paper30"):
+        sp.add_argument("--topology", default=default, help="paper30, paper9, geant, abilene, germany50, "
+                        "waxman<N>, sbm<N> or a topohub key")
+        sp.add_argument("--domains", type=int, default=None, help="number of domains (real/synthetic graphs)")
+        sp.add_argument("--seed", type=int, default=0)
+
+    sp = sub.add_parser("topology", help="describe a multi-domain topology")
+    sp.add_argument("name")
+    sp.add_argument("--domains", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_topology)
+
+    sp = sub.add_parser("simulate", help="step the link-state simulator live and print summaries")
+    topo_args(sp)
+    sp.add_argument("--steps", type=int, default=360)
+    sp.add_argument("--every", type=int, default=30)
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("dataset", help="write an offline snapshot dataset (.npz + meta.json)")
+    topo_args(sp)
+    sp.add_argument("--snapshots", type=int, default=8640, help="number of snapshots (8640 = one day at 10 s)")
+    sp.add_argument("--every", type=int, default=1, help="record every n-th simulator step")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_dataset)
+
+    sp = sub.add_parser("tree", help="build one multicast tree on a simulated snapshot")
+    topo_args(sp)
+    sp.add_argument("--method", default="kmb")
+    sp.add_argument("--source", type=int, required=True)
+    sp.add_argument("--members", type=_members, required=True)
+    sp.add_argument("--weight", default="delay_ms", choices=["inv_bw", "delay_ms", "loss_cost", "hops"])
+    sp.add_argument("--step", type=int, default=0, help="simulator step of the snapshot")
+    sp.set_defaults(func=cmd_tree)
+
+    sp = sub.add_parser("eval", help="run methods on seeded requests; CSV, Markdown and PNG outputs")
+    sp.add_argument("--quick", action="store_true", help="paper30 + abilene, 25 requests each (< 5 min)")
+    sp.add_argument("--topologies", nargs="+")
+    sp.add_argument("--methods", nargs="+")
+    sp.add_argument("--requests", type=int)
+    sp.add_argument("--weight", choices=["inv_bw", "delay_ms", "loss_cost", "hops"])
+    sp.add_argument("--domains", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", default="sdwn_eval_out")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("control", help="start root + domain controllers on 127.0.0.1 and serve one tree")
+    sp.add_argument("--topology", default="paper30")
+    sp.add_argument("--source", type=int, default=1)
+    sp.add_argument("--members", type=_members, default=[5, 14, 25, 30])
+    sp.add_argument("--sync-period", type=float, default=0.5)
+    sp.add_argument("--drop", type=float, default=0.0, help="injected message drop probability")
+    sp.add_argument("--dup", type=float, default=0.0, help="injected duplicate probability")
+    sp.add_argument("--delay-ms", type=float, default=0.0, help="max injected extra delay")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_control)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sdwn-mcast", description="Cross-domain SDWN multicast routing")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from .topology import TopologyError
+    from .trees import MulticastError
+
+    try:
+        return int(args.func(args) or 0)
+    except (TopologyError, MulticastError, KeyError) as exc:
+        print(f"sdwn-mcast: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

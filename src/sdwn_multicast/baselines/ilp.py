@@ -62,7 +62,7 @@ def exact_steiner_tree(graph: nx.Graph, source: Node, members: Iterable[Node], w
             prob += balance == (1 if n == k else -1 if n == source else 0)
         for a in arcs:
             prob += f[(k, a)] <= x[a]
-    solver = pulp.HiGHS(msg=False, timeLimit=time_limit_s)
+    solver = pulp.HiGHS(msg=False, timeLimit=time_limit_s, threads=1)
     status = prob.solve(solver)
     if pulp.LpStatus[status] != "Optimal":
         raise SolverError(f"HiGHS status {pulp.LpStatus[status]} for a {len(nodes)}-node Steiner ILP")

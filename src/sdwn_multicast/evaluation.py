@@ -1,0 +1,308 @@
+"""Evaluation harness: every method on the same seeded requests; CSV, Markdown summary, PNG plots.
+
+A request is (topology, snapshot, source, members). For each topology one seeded simulator runs forward
+and each request is drawn a random number of 10 s steps after the previous one, so requests see
+different hours of the day, traffic and failures. Every method builds its tree on the same snapshot
+graph; trees are validated and measured with :func:`tree_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+from .baselines import METHODS, ProblemTooLargeError, SolverError, get_method
+from .simulator import LinkStateSimulator, LinkStateSnapshot
+from .topology import MultiDomainTopology, Node, load_topology
+from .trees import MulticastError, compose_cross_domain_tree, tree_cost, validate_tree
+
+COMPOSED_PREFIX = "composed-"
+DEFAULT_METHODS: tuple[str, ...] = (
+    "spt", "kmb", "mehlhorn", "tm", "sctf", "ga", "qlearning", "ilp", "kmb-bw", "kmb-delay", "kmb-loss", "kmb-hops",
+    "composed-kmb", "composed-ilp",
+)
+METRICS: dict[str, str] = {
+    "bottleneck_bw_mbps": "mean bottleneck bandwidth of source->receiver paths (Mb/s, higher is better)",
+    "mean_link_delay_ms": "mean link delay over tree links (ms)",
+    "mean_link_loss": "mean link loss over tree links",
+    "tree_length": "tree length (links)",
+    "max_e2e_delay_ms": "end-to-end delay to the farthest receiver (ms)",
+    "delivery_prob": "mean probability that a packet reaches a receiver",
+    "cost_ratio": "tree cost / exact optimum cost (same cost weight)",
+    "decision_time_ms": "time to build the tree (ms)",
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    topologies: tuple[str, ...] = ("paper30", "geant", "germany50")
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    n_requests: int = 100
+    group_size: tuple[int, int] = (3, 12)
+    cost_weight: str = "delay_ms"
+    n_domains: int = 3
+    seed: int = 0
+    steps_between_requests: tuple[int, int] = (30, 720)
+    ilp_time_limit_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    request_id: int
+    topology: str
+    step: int
+    hour: float
+    source: Node
+    members: tuple[Node, ...]
+
+
+@dataclass
+class EvalResult:
+    config: EvalConfig
+    rows: pd.DataFrame
+    elapsed_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def tree_metrics(graph: nx.Graph, tree: nx.Graph, source: Node, members: tuple[Node, ...], cost_weight: str
+                 ) -> dict[str, float]:
+    """Quality of a valid tree on the snapshot graph (paths are the tree paths from the source)."""
+    edges = list(tree.edges)
+    attrs = [graph.edges[e] for e in edges]
+    paths = nx.single_source_shortest_path(tree, source)
+    bottleneck, e2e, delivery = [], [], []
+    for m in members:
+        p = paths[m]
+        hops = [graph.edges[a, b] for a, b in zip(p, p[1:])]
+        bottleneck.append(min((h["free_bw_mbps"] for h in hops), default=math.inf))
+        e2e.append(sum(h["delay_ms"] for h in hops))
+        delivery.append(float(np.prod([1.0 - h["loss"] for h in hops])))
+    return {
+        "bottleneck_bw_mbps": float(np.mean(bottleneck)),
+        "mean_link_delay_ms": float(np.mean([a["delay_ms"] for a in attrs])) if attrs else 0.0,
+        "mean_link_loss": float(np.mean([a["loss"] for a in attrs])) if attrs else 0.0,
+        "tree_length": float(len(edges)),
+        "max_e2e_delay_ms": float(max(e2e)),
+        "delivery_prob": float(np.mean(delivery)),
+        "cost": tree_cost(graph, tree, cost_weight),
+    }
+
+
+def build_tree(method: str, topology: MultiDomainTopology, graph: nx.Graph, source: Node,
+               members: tuple[Node, ...], cost_weight: str, ilp_time_limit_s: float = 60.0) -> nx.Graph:
+    """Build one tree by method name; ``composed-<m>`` = inter-domain plan + ``<m>`` inside each domain."""
+    if method.startswith(COMPOSED_PREFIX):
+        intra = get_method(method[len(COMPOSED_PREFIX):])
+        return compose_cross_domain_tree(topology, graph, source, members, intra.weight or cost_weight,
+                                         intra.algorithm)
+    m = get_method(method)
+    if method == "ilp":
+        return m.algorithm(graph, source, members, cost_weight, time_limit_s=ilp_time_limit_s)
+    return m.build(graph, source, members, cost_weight)
+
+
+def _draw_request(rng: np.random.Generator, graph: nx.Graph, group_size: tuple[int, int]
+                  ) -> tuple[Node, tuple[Node, ...]]:
+    comp = sorted(max(nx.connected_components(graph), key=len), key=str)
+    source = comp[int(rng.integers(len(comp)))]
+    others = [n for n in comp if n != source]
+    k = int(rng.integers(group_size[0], min(group_size[1], len(others)) + 1))
+    members = tuple(others[i] for i in sorted(rng.choice(len(others), size=k, replace=False)))
+    return source, members
+
+
+def make_requests(topology: MultiDomainTopology, n_requests: int, seed: int, group_size=(3, 12),
+                  steps_between_requests=(30, 720)) -> list[tuple[EvalRequest, LinkStateSnapshot]]:
+    """Seeded requests with their snapshots (one simulator run per topology)."""
+    sim = LinkStateSimulator(topology, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for rid in range(n_requests):
+        for _ in range(int(rng.integers(*steps_between_requests))):
+            snap = sim.step()
+        graph = snap.to_graph()
+        source, members = _draw_request(rng, graph, group_size)
+        out.append((EvalRequest(rid, topology.name, snap.step, round(snap.hour, 3), source, members), snap))
+    return out
+
+
+def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
+    for m in config.methods:
+        get_method(m[len(COMPOSED_PREFIX):] if m.startswith(COMPOSED_PREFIX) else m)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    jobs = []
+    for ti, name in enumerate(config.topologies):
+        topo = load_topology(name, n_domains=config.n_domains, seed=config.seed)
+        for req, snap in make_requests(topo, config.n_requests, config.seed + 1000 * ti, config.group_size,
+                                       config.steps_between_requests):
+            jobs.append((name, topo, req, snap))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs) * len(config.methods), desc="eval", unit="tree", mininterval=1.0)
+    for name, topo, req, snap in jobs:
+        graph = snap.to_graph()
+        for method in config.methods:
+            row = {"topology": name, "request_id": req.request_id, "step": req.step, "hour": req.hour,
+                   "source": req.source, "members": " ".join(map(str, req.members)),
+                   "n_members": len(req.members), "method": method, "valid": False, "error": ""}
+            t = time.perf_counter()
+            try:
+                tree = build_tree(method, topo, graph, req.source, req.members, config.cost_weight,
+                                  config.ilp_time_limit_s)
+                row["decision_time_ms"] = (time.perf_counter() - t) * 1e3
+                validate_tree(graph, tree, req.source, req.members)
+                row.update(tree_metrics(graph, tree, req.source, req.members, config.cost_weight))
+                row["valid"] = True
+            except (MulticastError, SolverError, ProblemTooLargeError) as exc:
+                row["decision_time_ms"] = (time.perf_counter() - t) * 1e3
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    df = pd.DataFrame(rows)
+    if "cost" not in df:
+        df["cost"] = np.nan
+    opt = df[(df.method == "ilp") & df.valid].set_index(["topology", "request_id"])["cost"]
+    key = pd.MultiIndex.from_frame(df[["topology", "request_id"]])
+    df["opt_cost"] = opt.reindex(key).to_numpy() if len(opt) else np.nan
+    df["cost_ratio"] = df["cost"] / df["opt_cost"]
+    return EvalResult(config=config, rows=df, elapsed_s=time.perf_counter() - t0)
+
+
+def mean_ci95(values: pd.Series) -> tuple[float, float]:
+    """Mean and half-width of the Student-t 95 % confidence interval (nan-safe)."""
+    from scipy import stats
+
+    v = values.dropna().to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return math.nan, math.nan
+    if len(v) == 1:
+        return float(v[0]), 0.0
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(half)
+
+
+def summary_markdown(result: EvalResult, machine: str) -> str:
+    df, cfg = result.rows, result.config
+    lines = [f"# SDWN multicast evaluation ({', '.join(cfg.topologies)})", "",
+             f"{cfg.n_requests} requests per topology, group size {cfg.group_size[0]}-{cfg.group_size[1]}, "
+             f"{cfg.n_domains} domains, cost weight `{cfg.cost_weight}`, seed {cfg.seed}. "
+             f"Machine: {machine}. Wall time {result.elapsed_s:.1f} s.", "",
+             "Cells are mean ± 95 % CI (Student t over requests) of valid trees; `invalid` counts requests",
+             "for which the method returned no valid tree (error or failed validation).", ""]
+    cols = list(METRICS)
+    for topo in cfg.topologies:
+        sub = df[df.topology == topo]
+        lines += [f"## {topo}", "", "| method | " + " | ".join(cols) + " | invalid |",
+                  "|---" * (len(cols) + 2) + "|"]
+        for method in cfg.methods:
+            s = sub[(sub.method == method)]
+            ok = s[s.valid]
+            cells = []
+            for c in cols:
+                mu, h = mean_ci95(ok[c]) if c in ok else (math.nan, math.nan)
+                cells.append("n/a" if math.isnan(mu) else f"{mu:.3f} ± {h:.3f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {int((~s.valid).sum())}/{len(s)} |")
+        lines.append("")
+    gap = decomposition_gap(df)
+    if gap:
+        lines += ["## Decomposition gap", "",
+                  "Cost of inter-domain plan + intra-domain trees divided by the flat exact optimum "
+                  "(1.000 = no loss from decomposing).", "",
+                  "| topology | composition | mean ± 95 % CI | share of requests with gap > 1 % | max |",
+                  "|---|---|---|---|---|"]
+        for (topo, method), (mu, h, share, mx) in gap.items():
+            lines.append(f"| {topo} | {method} | {mu:.3f} ± {h:.3f} | {share:.0%} | {mx:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def decomposition_gap(df: pd.DataFrame) -> dict:
+    out = {}
+    for (topo, method), s in df[df.method.str.startswith(COMPOSED_PREFIX) & df.valid].groupby(
+            ["topology", "method"], sort=False):
+        r = s["cost_ratio"].dropna()
+        if len(r):
+            mu, h = mean_ci95(r)
+            out[(topo, method)] = (mu, h, float((r > 1.01).mean()), float(r.max()))
+    return out
+
+
+def plot_results(result: EvalResult, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df, cfg = result.rows, result.config
+    paths = []
+    for metric, label in METRICS.items():
+        fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(cfg.methods) * len(cfg.topologies) / 2), 4.2))
+        width = 0.8 / len(cfg.topologies)
+        x = np.arange(len(cfg.methods))
+        for ti, topo in enumerate(cfg.topologies):
+            stats_ = [mean_ci95(df[(df.topology == topo) & (df.method == m) & df.valid][metric])
+                      for m in cfg.methods]
+            ax.bar(x + ti * width - 0.4 + width / 2, [s[0] for s in stats_], width,
+                   yerr=[s[1] for s in stats_], capsize=2, label=topo)
+        ax.set_xticks(x, cfg.methods, rotation=45, ha="right")
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_title(metric)
+        if metric == "cost_ratio":
+            ax.axhline(1.0, color="k", lw=0.8)
+            lo = np.nanmin(df[df.valid]["cost_ratio"]) if df.valid.any() else 1.0
+            ax.set_ylim(bottom=min(0.95, lo))
+        if metric == "decision_time_ms":
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out_dir / f"{metric}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                import os
+
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "requests.csv"
+    result.rows.to_csv(csv, index=False, float_format="%.6g")
+    md = out / "summary.md"
+    md.write_text(summary_markdown(result, cpu_model()))
+    pngs = plot_results(result, out)
+    return {"csv": csv, "summary": md, **{p.stem: p for p in pngs}}
+
+
+QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene"), n_requests=25,
+                          methods=tuple(m for m in DEFAULT_METHODS), steps_between_requests=(30, 360))
+
+__all__ = ["DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "METHODS", "METRICS", "QUICK_CONFIG",
+           "build_tree", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",
+           "tree_metrics", "write_outputs"]
