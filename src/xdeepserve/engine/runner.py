@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model import paged_attention
 from ..model.attention import AttentionMetadata, build_group
 from ..model.model import CausalLM
 from ..model.moe import Experts
@@ -54,6 +55,13 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         # one extra block that no request owns: padding rows of captured graphs write there
         self.kv_caches = allocate_kv_caches(model, num_blocks + 1, block_size, dtype, self.device)
+        # with a paged decode kernel, all decodes of a step form one group (nothing is gathered or padded)
+        cfg = model.config
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)
+        k0 = self.kv_caches[0]
+        self.decode_kernel = paged_attention.available(
+            probe, k0[0], k0[-1], cfg.kv_lora_rank if cfg.attention == "mla" else None
+        )
         self.graphs = None
         capturable = all(m.capturable for m in model.modules() if isinstance(m, Experts))
         if cuda_graph_max_batch and self.device.type == "cuda" and capturable:
@@ -76,11 +84,10 @@ class ModelRunner:
             [q for q, _ in items], [s.num_tokens for _, s in items], seq_lens, table, bs, self.device, self.dtype
         )
 
-    @staticmethod
-    def _decode_buckets(decodes: list[tuple[int, ScheduledRequest]]) -> list[list[tuple[int, ScheduledRequest]]]:
+    def _decode_buckets(self, decodes: list[tuple[int, ScheduledRequest]]) -> list[list[tuple[int, ScheduledRequest]]]:
         """Split decodes into groups of similar context length, so padding every key row to the longest
-        context in the batch does not multiply the K/V gather."""
-        if len(decodes) <= DECODE_BUCKET:
+        context in the batch does not multiply the K/V gather (one group when a kernel reads the cache)."""
+        if len(decodes) <= DECODE_BUCKET or self.decode_kernel:
             return [decodes] if decodes else []
         ordered = sorted(decodes, key=lambda item: item[1].start)
         return [ordered[i : i + DECODE_BUCKET] for i in range(0, len(ordered), DECODE_BUCKET)]

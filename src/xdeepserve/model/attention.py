@@ -163,6 +163,23 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGro
     return out.transpose(1, 2)[group.query_valid]
 
 
+def _kernel_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, group: AttentionGroup, scale: float,
+    value_dim: int | None = None,
+) -> torch.Tensor | None:
+    """Decode attention by a paged kernel straight from the cache, or None where no kernel applies
+    (the caller then gathers and runs SDPA). q: ``[B, H, D]`` -> ``[B, H, Dv]``."""
+    if not paged_attention.available(q, k_cache, v_cache, value_dim):
+        return None
+    try:
+        return paged_attention.paged_decode(
+            q, k_cache, v_cache, group.block_tables, group.seq_lens, group.block_size, scale, value_dim
+        ).to(q.dtype)
+    except Exception as e:  # a kernel that fails to build must not take serving down
+        paged_attention.disable(f"{type(e).__name__}: {e}")
+        return None
+
+
 class GQAAttention(nn.Module):
     """Grouped-query attention with RoPE and (Qwen3) per-head q/k RMSNorm.
 
@@ -199,15 +216,11 @@ class GQAAttention(nn.Module):
         v_cache[meta.slot_mapping] = v.to(v_cache.dtype)
         out = q.new_empty(t, self.num_heads, self.head_dim)
         for g in meta.groups:
-            if g.max_query_len == 1 and paged_attention.available(q, k_cache, v_cache):
-                try:
-                    out[g.token_rows] = paged_attention.paged_decode(
-                        q.index_select(0, g.token_rows), k_cache, v_cache, g.block_tables, g.seq_lens,
-                        g.block_size, self.scale,
-                    )
+            if g.max_query_len == 1:
+                o = _kernel_decode(q.index_select(0, g.token_rows), k_cache, v_cache, g, self.scale)
+                if o is not None:
+                    out[g.token_rows] = o
                     continue
-                except Exception as e:  # a kernel that fails to build must not take serving down
-                    paged_attention.disable(f"{type(e).__name__}: {e}")
             qg = q.index_select(0, g.token_rows).unsqueeze(1) if g.max_query_len == 1 else q[g.query_index]
             kg = g.gather(k_cache).to(q.dtype)
             vg = g.gather(v_cache).to(q.dtype)
@@ -271,6 +284,14 @@ class MLAAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [H, nope, L], [H, v, L]
         out = q.new_empty(t, self.num_heads, self.v_dim)
         for g in meta.groups:
+            if g.max_query_len == 1:
+                # absorbed: q_lat = q_nope · W_UK, attend over latents, then project by W_UV
+                qn, qp = q_nope.index_select(0, g.token_rows), q_pe.index_select(0, g.token_rows)
+                q_lat = torch.cat([torch.einsum("thn,hnl->thl", qn, w_uk), qp], -1)
+                o_lat = _kernel_decode(q_lat, cache, cache, g, self.scale, self.kv_lora_rank)
+                if o_lat is not None:
+                    out[g.token_rows] = torch.einsum("thl,hvl->thv", o_lat, w_uv)
+                    continue
             lat = g.gather(cache).to(q.dtype)  # [B, K, 1, L+R]
             qn, qp = q_nope[g.query_index], q_pe[g.query_index]  # [B, Q, H, *]
             if g.max_query_len == 1:

@@ -1,10 +1,11 @@
-"""Decode attention that reads K/V straight from the paged cache (Triton, CUDA only).
+"""Decode attention that reads K/V straight from the paged cache: Triton on CUDA, Numba on the CPU.
 
 The portable path gathers every sequence's keys and values into a padded tensor before SDPA, which
-moves the KV cache three times per layer. This kernel walks each sequence's block table instead and
-reads each cached token once, with an online softmax. One program handles one (sequence, KV head) pair
-and all query heads that share that KV head. Used only where Triton and a CUDA device are present; the
-tests check it against the gather + SDPA path.
+moves the KV cache three times per layer. These kernels walk each sequence's block table instead and
+read each cached token once. On CUDA one Triton program handles one (sequence, KV head) pair and all
+query heads that share that KV head, with an online softmax; the CPU kernel
+(:mod:`.cpu_paged_attention`) does the same per thread. Where neither applies (no Triton, no Numba, a
+dtype Numba lacks), callers fall back to gather + SDPA; the tests check both kernels against it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 
 import torch
+
+from . import cpu_paged_attention
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,25 @@ def _pow2(n: int) -> bool:
 _disabled_reason: str | None = None
 
 
-def available(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+def available(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, value_dim: int | None = None) -> bool:
+    """Whether :func:`paged_decode` runs a kernel for these operands on their device.
+
+    ``value_dim`` < ``v_cache.shape[-1]`` reads only the leading value columns (MLA's latent); only
+    the CPU kernel supports it.
+    """
+    if _disabled_reason is not None:
+        return False
+    if q.is_cuda:
+        return (
+            triton is not None
+            and value_dim in (None, v_cache.shape[-1])
+            and _pow2(k_cache.shape[-1])
+            and _pow2(v_cache.shape[-1])
+        )
     return (
-        _disabled_reason is None
-        and triton is not None
-        and q.is_cuda
-        and _pow2(k_cache.shape[-1])
-        and _pow2(v_cache.shape[-1])
+        q.device.type == "cpu"
+        and cpu_paged_attention.available()
+        and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
     )
 
 
@@ -45,7 +60,7 @@ def disable(reason: str) -> None:
     """Turn the kernel off for this process (e.g. it failed to compile); callers fall back to SDPA."""
     global _disabled_reason
     _disabled_reason = reason
-    log.warning("Triton paged decode attention disabled: %s", reason)
+    log.warning("paged decode attention kernel disabled: %s", reason)
 
 
 if triton is not None:
@@ -96,8 +111,21 @@ def paged_decode(
     seq_lens: torch.Tensor,
     block_size: int,
     scale: float,
+    value_dim: int | None = None,
 ) -> torch.Tensor:
-    """q ``[B, H, D]``; caches ``[slots, Hkv, D*]``; block_tables ``[B, n]``; seq_lens ``[B]`` -> ``[B, H, Dv]``."""
+    """q ``[B, H, D]``; caches ``[slots, Hkv, D*]``; block_tables ``[B, n]``; seq_lens ``[B]`` -> ``[B, H, Dv]``.
+
+    ``Dv`` is ``value_dim`` or all of ``v_cache``'s last dimension.
+    """
+    if not q.is_cuda:
+        dv = value_dim or v_cache.shape[-1]
+        out = torch.empty(q.shape[0], q.shape[1], dv, dtype=torch.float32)
+        cpu_paged_attention.paged_decode(
+            q.contiguous().numpy(), k_cache.numpy(), v_cache.numpy(),
+            block_tables.to(torch.int64).contiguous().numpy(), seq_lens.to(torch.int64).contiguous().numpy(),
+            block_size, scale, out.numpy(),
+        )
+        return out
     b, h, d = q.shape
     hkv, dv = k_cache.shape[1], v_cache.shape[2]
     rep = h // hkv
