@@ -1,0 +1,71 @@
+"""Figures of the evaluation: per-case overlay/checkerboard PNGs and per-method box plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .image import Image  # noqa: E402
+from .phantom import LIVER_LABELS, Tissue  # noqa: E402
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(a, [1, 99])
+    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def _window_ct(a: np.ndarray) -> np.ndarray:
+    return np.clip((a + 160.0) / 400.0, 0, 1)  # abdominal window W 400 / L 40
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Alternate 2D tiles of two same-shaped slices."""
+    ny, nx = a.shape
+    yy, xx = np.meshgrid(np.arange(ny) * tiles // ny, np.arange(nx) * tiles // nx, indexing="ij")
+    return np.where((yy + xx) % 2 == 0, a, b)
+
+
+def case_figure(fixed: Image, warped: Image, fixed_labels: Image, warped_labels: Image, path: Path, title: str) -> None:
+    """Axial slice through the tumour: fixed with liver/tumour contours (fixed = green/cyan, warped = red/yellow),
+    warped moving image, and a checkerboard of the two."""
+    tumour = np.argwhere(fixed_labels.array == Tissue.TUMOUR)
+    k = int(np.median(tumour[:, 0])) if tumour.size else fixed.grid.shape[0] // 2
+    f = _window_ct(fixed.array[k]) if fixed.meta.get("Modality") == "CT" else _normalise(fixed.array[k])
+    w = _window_ct(warped.array[k]) if warped.meta.get("Modality") == "CT" else _normalise(warped.array[k])
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=70)
+    axes[0].imshow(f, cmap="gray")
+    for labels, colours in ((fixed_labels, ("lime", "cyan")), (warped_labels, ("red", "yellow"))):
+        axes[0].contour(np.isin(labels.array[k], LIVER_LABELS), levels=[0.5], colors=colours[0], linewidths=0.8)
+        axes[0].contour(labels.array[k] == Tissue.TUMOUR, levels=[0.5], colors=colours[1], linewidths=0.8)
+    axes[0].set_title("fixed + contours")
+    axes[1].imshow(w, cmap="gray")
+    axes[1].set_title("warped moving")
+    axes[2].imshow(checkerboard(f, w), cmap="gray")
+    axes[2].set_title("checkerboard")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def box_plots(per_case: pd.DataFrame, path: Path) -> None:
+    metrics = [("liver_dice", "liver Dice"), ("tre_tumour_mm", "tumour TRE (mm)"),
+               ("tre_bifurcation_mm", "bifurcation TRE (mm)"), ("total_s", "run time (s)")]
+    methods = list(dict.fromkeys(per_case["method"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), dpi=70)
+    for ax, (col, label) in zip(axes, metrics):
+        data = [per_case.loc[per_case["method"] == m, col].dropna().to_numpy() for m in methods]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
