@@ -1,0 +1,263 @@
+"""Start and stop a control plane (root + one process per domain) and talk to it as a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..topology import load_topology
+from .messages import (
+    ErrorReply,
+    GroupJoin,
+    GroupLeave,
+    GroupView,
+    Hello,
+    LinkStateReport,
+    Rejected,
+    TreeCommit,
+    TreeRequest,
+    ViewQuery,
+    ViewReply,
+)
+from .root import domain_label
+from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig, PeerDeadError, open_channel
+
+__all__ = ["ControlClient", "ControlPlane", "ControlPlaneError", "FaultConfig", "PeerDeadError", "RequestFailedError"]
+
+
+class RequestFailedError(ControlPlaneError):
+    """The root (or a domain) answered a request with an error; the message is its reason."""
+
+
+class StartupError(ControlPlaneError):
+    """A controller process did not become ready."""
+
+
+def _read_ready(proc: subprocess.Popen, name: str, deadline: float) -> int:
+    buf = b""
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise StartupError(f"{name} exited before becoming ready (code {proc.poll()})")
+        buf += chunk
+        if b"\n" in buf:
+            line = buf.split(b"\n", 1)[0].decode()
+            if line.startswith("READY "):
+                return int(line.split()[1])
+    raise StartupError(f"{name} did not become ready in time")
+
+
+class ControlPlane:
+    """Root + domain controller processes on 127.0.0.1; use as a context manager (always cleans up)."""
+
+    def __init__(self, topology: str = "paper30", n_domains: int | None = None, sync_period_s: float = 0.5,
+                 staleness_bound_s: float | None = None, faults: FaultConfig = FaultConfig(), seed: int = 0,
+                 timing: ChannelTiming = ChannelTiming(), segment_timeout_s: float = 2.0,
+                 startup_timeout_s: float = 30.0):
+        self.topology_name, self.n_domains_arg = topology, n_domains
+        self.topology = load_topology(topology, n_domains=n_domains, seed=seed)
+        self.sync_period_s = sync_period_s
+        self.staleness_bound_s = staleness_bound_s if staleness_bound_s is not None else 4 * sync_period_s
+        self.faults, self.seed, self.timing = faults, seed, timing
+        self.segment_timeout_s = segment_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self.log_dir = Path(tempfile.mkdtemp(prefix="sdwn-control-"))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.root_port = 0
+        self.domain_ports: dict[int, int] = {}
+        self._clients: list[ControlClient] = []
+
+    def _common_args(self) -> list[str]:
+        args = ["--topology", self.topology_name, "--seed", str(self.seed), "--sync-period", str(self.sync_period_s),
+                "--staleness-bound", str(self.staleness_bound_s), "--rto", str(self.timing.rto_s),
+                "--heartbeat", str(self.timing.heartbeat_s), "--dead-after", str(self.timing.dead_after_s),
+                "--segment-timeout", str(self.segment_timeout_s), *self.faults.to_args()]
+        if self.n_domains_arg:
+            args += ["--domains", str(self.n_domains_arg)]
+        return args
+
+    def _spawn(self, name: str, extra: list[str]) -> int:
+        with open(self.log_dir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "sdwn_multicast.control.processes", *extra,
+                                     *self._common_args()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=log)
+        self.procs[name] = proc
+        return _read_ready(proc, name, time.monotonic() + self.startup_timeout_s)
+
+    def start(self) -> ControlPlane:
+        try:
+            self.root_port = self._spawn("root", ["root"])
+            for d in range(self.topology.n_domains):
+                self.domain_ports[d] = self._spawn(f"domain{d}", ["domain", "--domain", str(d),
+                                                                  "--root-port", str(self.root_port)])
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def client(self, name: str = "client") -> ControlClient:
+        c = ControlClient(self, name)
+        self._clients.append(c)
+        return c
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one controller process by name (``root`` or ``domain<d>``); SIGSTOP freezes it instead."""
+        self.procs[name].send_signal(sig)
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.iterdir()))
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=3)
+            for f in (proc.stdin, proc.stdout):
+                if f:
+                    f.close()
+
+    @property
+    def alive(self) -> dict[str, bool]:
+        return {n: p.poll() is None for n, p in self.procs.items()}
+
+
+class ControlClient:
+    """Synchronous client (its own event-loop thread) for hosts and operators: join/leave, views, trees."""
+
+    def __init__(self, plane: ControlPlane, name: str = "client"):
+        self.plane, self.name = plane, name
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"sdwn-{name}", daemon=True)
+        self.thread.start()
+        self.ids = itertools.count(1)
+        self.replies: dict[int, asyncio.Future] = {}
+        self.rejections: list[Rejected] = []
+        self.errors: list[ErrorReply] = []
+        self.channels: dict[str, Channel] = {}
+
+    def _run(self, coro, timeout_s: float):
+        fut = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout_s), self.loop)
+        try:
+            return fut.result(timeout_s + 1.0)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ControlPlaneError(f"{self.name}: no answer within {timeout_s:.1f} s") from None
+
+    async def _handle(self, ch: Channel, msg) -> None:
+        if isinstance(msg, Rejected):
+            self.rejections.append(msg)
+        rid = getattr(msg, "request_id", None)
+        if rid is not None and rid in self.replies and not self.replies[rid].done():
+            self.replies[rid].set_result(msg)
+        elif isinstance(msg, ErrorReply):
+            self.errors.append(msg)
+
+    async def _channel(self, target: str) -> Channel:
+        ch = self.channels.get(target)
+        if ch is None or not ch.alive:
+            port = self.plane.root_port if target == "root" else self.plane.domain_ports[int(target[6:])]
+            label = "root" if target == "root" else f"domain {domain_label(int(target[6:]))}"
+            ch = await open_channel("127.0.0.1", port, self.name, label, self._handle, self.plane.faults,
+                                    self.plane.timing)
+            self.channels[target] = ch
+            await ch.send(Hello("client", -1, self.name))
+        return ch
+
+    async def _request(self, target: str, make, timeout_s: float):
+        rid = next(self.ids)
+        fut = self.loop.create_future()
+        self.replies[rid] = fut
+        ch = await self._channel(target)
+        watch = asyncio.ensure_future(self._dead(ch))
+        try:
+            await ch.send(make(rid), timeout_s=timeout_s)
+            done, _ = await asyncio.wait({fut, watch}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if fut in done:
+                return fut.result()
+            if not ch.alive:
+                raise PeerDeadError(ch.peer, ch.dead_reason or "dead")
+            raise ControlPlaneError(f"{ch.peer} did not answer within {timeout_s:.1f} s")
+        finally:
+            watch.cancel()
+            self.replies.pop(rid, None)
+
+    @staticmethod
+    async def _dead(ch: Channel) -> None:
+        while ch.alive:
+            await asyncio.sleep(0.02)
+
+    # ---- public API ----
+    def join(self, group: int, member: int, ttl_s: float = 5.0, timeout_s: float = 5.0) -> None:
+        d = self.plane.topology.domain_of[member]
+        self._run(self._send(f"domain{d}", GroupJoin(group, member, ttl_s), timeout_s), timeout_s)
+
+    def leave(self, group: int, member: int, timeout_s: float = 5.0) -> None:
+        d = self.plane.topology.domain_of[member]
+        self._run(self._send(f"domain{d}", GroupLeave(group, member), timeout_s), timeout_s)
+
+    async def _send(self, target: str, msg, timeout_s: float) -> None:
+        ch = await self._channel(target)
+        await ch.send(msg, timeout_s=timeout_s)
+
+    def view(self, target: str = "root", group: int = -1, timeout_s: float = 5.0) -> ViewReply:
+        """``target`` is ``root`` or ``domain<d>``."""
+        return self._run(self._request(target, lambda rid: ViewQuery(rid, group), timeout_s), timeout_s + 0.5)
+
+    def group_view(self, group: int, target: str = "root", timeout_s: float = 5.0) -> GroupView:
+        gv = self.view(target, group, timeout_s).group_view
+        return gv if gv is not None else GroupView(group, 0, ())
+
+    def request_tree(self, group: int, source: int, weight: str = "delay_ms", timeout_s: float = 10.0
+                     ) -> TreeCommit:
+        reply = self._run(self._request("root", lambda rid: TreeRequest(rid, group, source, weight), timeout_s),
+                          timeout_s + 0.5)
+        if isinstance(reply, ErrorReply):
+            raise RequestFailedError(reply.reason)
+        return reply
+
+    def send_report(self, report: LinkStateReport, timeout_s: float = 5.0) -> None:
+        """Send a raw link-state report to the root (used to test that stale state is refused)."""
+        self._run(self._send("root", report, timeout_s), timeout_s)
+
+    def close(self) -> None:
+        if not self.loop.is_running():
+            return
+
+        async def shutdown():
+            for ch in self.channels.values():
+                await ch.close()
+        with contextlib.suppress(Exception):  # best effort: the loop may already be wedged
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(2.0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=2.0)

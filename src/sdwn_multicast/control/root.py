@@ -1,0 +1,226 @@
+"""Root controller: global link-state and group views, inter-domain planning, tree composition.
+
+Follows the paper's hierarchy (Section III): local (domain) controllers report link state and group
+membership to the root; the root holds the processed global state (the "knowledge plane"), decides the
+inter-domain part of a tree (domain tree + boundary crossings) and asks each domain controller for its
+intra-domain segment, then validates and commits the composed tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+
+import networkx as nx
+
+from ..topology import MultiDomainTopology
+from ..trees import MulticastError, plan_inter_domain, prune_tree, validate_tree
+from .messages import (
+    BoundaryInfo,
+    ErrorReply,
+    GroupView,
+    Hello,
+    LinkStateReport,
+    MembershipReport,
+    Rejected,
+    SegmentRequest,
+    StateDigest,
+    TreeCommit,
+    TreeRequest,
+    TreeSegment,
+    ViewQuery,
+    ViewReply,
+)
+from .state import VersionedStore
+from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig
+
+log = logging.getLogger(__name__)
+
+
+def domain_label(d: int) -> str:
+    """Paper numbering: domains are D1, D2, ... ."""
+    return f"D{d + 1}"
+
+
+def graph_from_links(links) -> nx.Graph:
+    """The weighted graph of reported up links (same attributes as ``LinkStateSnapshot.to_graph``)."""
+    g = nx.Graph()
+    for u, v, free, delay, loss, up in links:
+        if not up:
+            continue
+        g.add_edge(u, v, free_bw_mbps=free, delay_ms=delay, loss=loss, hops=1.0,
+                   inv_bw=1.0 / max(free, 1e-3), loss_cost=-math.log1p(-min(loss, 0.999999)))
+    return g
+
+
+class RootController:
+    def __init__(self, topology: MultiDomainTopology, sync_period_s: float, staleness_bound_s: float,
+                 faults: FaultConfig, timing: ChannelTiming, segment_timeout_s: float = 2.0):
+        self.topology = topology
+        self.sync_period_s = sync_period_s
+        self.faults, self.timing = faults, timing
+        self.segment_timeout_s = segment_timeout_s
+        self.link_state = VersionedStore(staleness_bound_s)
+        self.membership = VersionedStore(staleness_bound_s)
+        self.boundary: dict[int, BoundaryInfo] = {}
+        self.domains: dict[int, Channel] = {}
+        self.channels: set[Channel] = set()
+        self.group_views: dict[int, GroupView] = {}
+        self.commits = itertools.count(1)
+        self._segments: dict[tuple[int, int], asyncio.Future] = {}
+        self._conn_ids = itertools.count(1)
+
+    @property
+    def version(self) -> int:
+        return self.link_state.version + self.membership.version
+
+    async def serve(self, port: int) -> asyncio.AbstractServer:
+        server = await asyncio.start_server(self._on_connect, "127.0.0.1", port)
+        asyncio.get_running_loop().create_task(self._digest_loop())
+        return server
+
+    async def _on_connect(self, reader, writer) -> None:
+        ch = Channel(reader, writer, "root", f"conn{next(self._conn_ids)}", self._handle, self.faults, self.timing)
+        self.channels.add(ch)
+        ch.on_dead = self._on_dead
+
+    def _on_dead(self, ch: Channel) -> None:
+        self.channels.discard(ch)
+        for d, c in list(self.domains.items()):
+            if c is ch:
+                del self.domains[d]
+                log.warning("root: domain controller %s disconnected (%s)", domain_label(d), ch.dead_reason)
+                for (_rid, dd), fut in self._segments.items():
+                    if dd == d and not fut.done():
+                        fut.set_exception(ControlPlaneError(f"domain {domain_label(d)} controller disconnected"))
+
+    # ---- message handling ----
+    async def _handle(self, ch: Channel, msg) -> None:
+        now = time.time()
+        if isinstance(msg, Hello):
+            if msg.role == "domain":
+                ch.peer = f"domain {domain_label(msg.domain)}"
+                self.domains[msg.domain] = ch
+            else:
+                ch.peer = msg.name or msg.role
+        elif isinstance(msg, BoundaryInfo):
+            expected = self.topology.boundary_nodes(msg.domain)
+            if set(msg.boundary_nodes) != expected:
+                log.error("root: %s reports boundary %s, topology says %s", domain_label(msg.domain),
+                          sorted(msg.boundary_nodes), sorted(expected))
+            self.boundary[msg.domain] = msg
+        elif isinstance(msg, LinkStateReport):
+            reason = self.link_state.offer(msg.domain, msg.seq, msg.sent_at, msg.links, now)
+            if reason:
+                await ch.send(Rejected("link_state", msg.domain, msg.seq, reason))
+        elif isinstance(msg, MembershipReport):
+            reason = self.membership.offer(msg.domain, msg.seq, msg.sent_at, msg.groups, now)
+            if reason:
+                await ch.send(Rejected("membership", msg.domain, msg.seq, reason))
+            else:
+                self._rebuild_group_views(now)
+        elif isinstance(msg, ViewQuery):
+            self._rebuild_group_views(now)
+            await ch.send(ViewReply(msg.request_id, "root", self.version, self._link_seqs(),
+                                    self.group_views.get(msg.group)))
+        elif isinstance(msg, TreeSegment):
+            fut = self._segments.get((msg.request_id, msg.domain))
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, ErrorReply):
+            for (rid, _d), fut in self._segments.items():
+                if rid == msg.request_id and not fut.done():
+                    fut.set_exception(ControlPlaneError(msg.reason))
+        elif isinstance(msg, TreeRequest):
+            await self._serve_tree(ch, msg)
+
+    def _link_seqs(self) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted(self.link_state.seqs().items()))
+
+    def _rebuild_group_views(self, now: float) -> None:
+        """Group views from fresh membership reports only: a silent domain's members expire with it."""
+        by_group: dict[int, dict[int, tuple[int, ...]]] = {}
+        for d in range(self.topology.n_domains):
+            if not self.membership.is_fresh(d, now):
+                continue
+            for group, members in self.membership.get(d).value:
+                if members:
+                    by_group.setdefault(group, {})[d] = tuple(sorted(members))
+        for group in set(by_group) | set(self.group_views):
+            mbd = tuple(sorted(by_group.get(group, {}).items()))
+            old = self.group_views.get(group)
+            if old is None or old.members_by_domain != mbd:
+                self.group_views[group] = GroupView(group, (old.version + 1) if old else 1, mbd)
+
+    async def _digest_loop(self) -> None:
+        """Push the global view to every domain twice per sync period (reliable sends, in parallel)."""
+        while True:
+            await asyncio.sleep(self.sync_period_s / 2)
+            self._rebuild_group_views(time.time())
+            digest = StateDigest(self.version, time.time(), self._link_seqs(),
+                                 tuple((g, v.version, v.members_by_domain) for g, v in sorted(self.group_views.items())))
+            for ch in list(self.domains.values()):
+                ch.spawn(ch.send(digest, timeout_s=self.sync_period_s))
+
+    # ---- trees ----
+    async def _serve_tree(self, ch: Channel, req: TreeRequest) -> None:
+        try:
+            commit = await self._build_tree(req)
+        except (ControlPlaneError, MulticastError, asyncio.TimeoutError) as exc:
+            await ch.send(ErrorReply(req.request_id, str(exc) or type(exc).__name__))
+            return
+        await ch.send(commit)
+        for d in {self.topology.domain_of[n] for e in commit.edges for n in e}:
+            dch = self.domains.get(d)
+            if dch is not None:
+                dch.spawn(dch.send(commit))
+
+    async def _build_tree(self, req: TreeRequest) -> TreeCommit:
+        now = time.time()
+        self._rebuild_group_views(now)
+        view = self.group_views.get(req.group)
+        if view is None or not view.members:
+            raise ControlPlaneError(f"group {req.group} has no members")
+        for d in range(self.topology.n_domains):
+            if not self.link_state.is_fresh(d, now):
+                e = self.link_state.get(d)
+                age = "never reported" if e is None else f"last report {now - e.sent_at:.2f} s ago"
+                raise ControlPlaneError(f"link state of domain {domain_label(d)} is stale ({age})")
+        links = [lk for d in range(self.topology.n_domains) for lk in self.link_state.get(d).value]
+        graph = graph_from_links(links)
+        graph.add_nodes_from(self.topology.nodes)
+        members = [m for m in view.members if m != req.source]
+        plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
+        waits = {}
+        for d, terms in plan.terminals.items():
+            if len(terms) < 2:
+                continue
+            dch = self.domains.get(d)
+            if dch is None or not dch.alive:
+                raise ControlPlaneError(f"domain {domain_label(d)} controller is not connected")
+            fut = asyncio.get_running_loop().create_future()
+            self._segments[(req.request_id, d)] = fut
+            dch.spawn(dch.send(SegmentRequest(req.request_id, d, tuple(terms), req.weight),
+                               timeout_s=self.segment_timeout_s))
+            waits[d] = fut
+        try:
+            tree = nx.Graph()
+            tree.add_node(req.source)
+            for d, fut in waits.items():
+                try:
+                    seg = await asyncio.wait_for(fut, self.segment_timeout_s)
+                except asyncio.TimeoutError:
+                    raise ControlPlaneError(f"domain {domain_label(d)} controller did not return its segment "
+                                            f"within {self.segment_timeout_s:.1f} s") from None
+                tree.add_edges_from(seg.edges)
+            tree.add_edges_from(plan.crossings.values())
+        finally:
+            for d in waits:
+                self._segments.pop((req.request_id, d), None)
+        tree = prune_tree(tree, (req.source, *members))
+        validate_tree(graph, tree, req.source, members)
+        edges = tuple(sorted(tuple(sorted(e)) for e in tree.edges))
+        return TreeCommit(req.request_id, next(self.commits), req.group, req.source, edges)
