@@ -12,6 +12,11 @@ median bandwidth. The last line is ``xccl vs gloo p2p latency ratio (<=1MiB, med
 median over XCCL's, geometric mean over the sizes up to 1 MiB, XCCL with its better lane count).
 
     python benchmarks/xccl_bench.py [--iters 200]
+
+With ``--cuda`` (a GPU machine) it measures only the CUDA path: p2p of CUDA tensors between two
+processes on one GPU through CUDA IPC rings, against the same messages copied through pinned host
+memory (device-to-host into a pinned buffer, XCCL shared memory, host-to-device), 36 KB … 64 MB. That
+run ends with ``cuda ipc vs pinned-host p2p bandwidth ratio (>=1MiB, median): X.XX``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 SIZES_KB = [36, 72, 144, 288, 576, 1152, 2304, 4608, 9216]
+CUDA_SIZES_KB = [36, 144, 576, 2304, 9216, 36864, 65536]
 
 
 def _pingpong(rank: int, send, recv, buf_out: torch.Tensor, buf_in: torch.Tensor, iters: int) -> list[float]:
@@ -56,6 +62,30 @@ def _worker(kind: str, rank: int, port: int, lanes: int, sizes: list[int], iters
         peer = 1 - rank
         send = lambda t, i: g.send(t, peer, i)  # noqa: E731
         recv = lambda t, i: g.recv(t, peer, i)  # noqa: E731
+    elif kind in ("cuda_ipc", "cuda_pinned"):
+        from xdeepserve.xccl import XcclConfig, XcclGroup
+
+        ipc = kind == "cuda_ipc"
+        g = XcclGroup.init(rank, 2, store_addr=("127.0.0.1", port), host_id="bench",
+                           config=XcclConfig(lanes=lanes, slots=4, slot_bytes=1 << 20, device_slot_bytes=16 << 20),
+                           device="cuda:0" if ipc else None)
+        peer = 1 - rank
+        pinned = torch.empty(max(sizes) * 1024, dtype=torch.uint8).pin_memory()
+        if ipc:
+            send = lambda t, i: g.send(t, peer, i)  # noqa: E731
+            recv = lambda t, i: g.recv(t, peer, i)  # noqa: E731
+        else:
+
+            def send(t, i):
+                host = pinned[: t.numel()]
+                host.copy_(t)
+                g.send(host, peer, i)
+
+            def recv(t, i):
+                host = pinned[: t.numel()]
+                g.recv(host, peer, i)
+                t.copy_(host)
+                torch.cuda.synchronize()
     elif kind == "gloo":
         import torch.distributed as dist
 
@@ -74,9 +104,10 @@ def _worker(kind: str, rank: int, port: int, lanes: int, sizes: list[int], iters
 
     for kb in sizes:
         n = kb * 1024
-        a, b = torch.ones(n, dtype=torch.uint8), torch.empty(n, dtype=torch.uint8)
+        dev = "cuda:0" if kind.startswith("cuda") else "cpu"
+        a, b = torch.ones(n, dtype=torch.uint8, device=dev), torch.empty(n, dtype=torch.uint8, device=dev)
         out[kb] = _pingpong(rank, send, recv, a, b, iters if kb <= 1152 else max(20, iters // 5))
-    if kind == "xccl":
+    if kind in ("xccl", "cuda_ipc", "cuda_pinned"):
         g.close()
     if rank == 0:
         results.put(out)
@@ -232,6 +263,26 @@ def run_p2p(kind: str, lanes: int, sizes: list[int], iters: int) -> dict[int, li
     return _spawn_ranks(_worker, [(kind, r, port, lanes, sizes, iters, (a, b)[r]) for r in (0, 1)])
 
 
+def run_cuda(iters: int) -> None:
+    print(f"GPU: {torch.cuda.get_device_name(0)}")
+    runs = {
+        "xccl cuda ipc": run_p2p("cuda_ipc", 1, CUDA_SIZES_KB, iters),
+        "pinned host + xccl shm": run_p2p("cuda_pinned", 2, CUDA_SIZES_KB, iters),
+    }
+    print("\nCUDA tensor p2p, one GPU, two processes: one-way latency, µs (p50 / p99 / max) and median GB/s")
+    print(f"{'size':>9} " + " ".join(f"{name:>30}" for name in runs))
+    ratios = []
+    for kb in CUDA_SIZES_KB:
+        cells = []
+        for res in runs.values():
+            p50, p99, mx = _stats(res[kb])
+            cells.append(f"{p50:8.0f}/{p99:7.0f}/{mx:7.0f} {kb * 1024 / p50 / 1e3:6.2f}")
+        print(f"{kb:>7}KB " + " ".join(f"{c:>30}" for c in cells))
+        if kb >= 1024:
+            ratios.append(_stats(runs["pinned host + xccl shm"][kb])[0] / _stats(runs["xccl cuda ipc"][kb])[0])
+    print(f"cuda ipc vs pinned-host p2p bandwidth ratio (>=1MiB, median): {math.exp(np.mean(np.log(ratios))):.2f}")
+
+
 def _stats(ts: list[float]) -> tuple[float, float, float]:
     arr = np.array(ts) * 1e6
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.max())
@@ -240,10 +291,14 @@ def _stats(ts: list[float]) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--cuda", action="store_true", help="only the CUDA IPC p2p comparison (needs a GPU)")
     args = ap.parse_args()
     import os
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    if args.cuda:
+        run_cuda(args.iters)
+        return
     runs = {
         "xccl shm, 1 lane": run_p2p("xccl", 1, SIZES_KB, args.iters),
         "xccl shm, 2 lanes": run_p2p("xccl", 2, SIZES_KB, args.iters),

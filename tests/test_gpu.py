@@ -89,3 +89,26 @@ def test_triton_paged_decode_matches_a_gathered_reference(heads, kv_heads, dim):
         p = torch.einsum("hd,lhd->hl", q[i].float(), k).mul(dim**-0.5).softmax(-1)
         ref = torch.einsum("hl,lhd->hd", p, v)
         torch.testing.assert_close(out[i].float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_cuda_ipc_p2p_moves_device_tensors_exactly_and_other_pairs_stage_through_the_host():
+    from .test_xccl import Cluster
+
+    # ranks 0, 1 share a host (CUDA IPC between them); rank 2 is another "host" (gloo, staged)
+    c = Cluster(["h0", "h0", "h1"], device="cuda:0", lanes=2, slots=2, slot_bytes=4096,
+                device_slots=2, device_slot_bytes=1 << 16, timeout_s=20.0)
+    try:
+        assert c.info[0]["cuda_transports"] == {1: "cuda_ipc", 2: "gloo"}
+        g = torch.Generator().manual_seed(0)
+        dtypes = ["float32", "bfloat16", "int64", "uint8"]
+        transfers = []
+        for i in range(24):
+            src, dst = [(0, 1), (1, 0), (0, 2), (2, 1)][i % 4]
+            numel = int(torch.randint(0, 120_000, (1,), generator=g))  # up to ~960 KB: many ring chunks
+            transfers.append((src, dst, numel, dtypes[i % 4], 5000 + i))
+        res = c.all("cuda_transfers", transfers)
+        assert all(kind == "ok" for kind, _ in res.values()), res
+        assert all(all(v) for _, v in res.values())
+        assert sum(len(v) for _, v in res.values()) == len(transfers)
+    finally:
+        c.stop()

@@ -19,19 +19,19 @@ def payload(seed: int, numel: int, dtype: str) -> torch.Tensor:
     return data.to(DTYPES[dtype])
 
 
-def run_transfers(group: XcclGroup, transfers: list[tuple[int, int, int, str, int]]) -> list[bool]:
+def run_transfers(group: XcclGroup, transfers: list[tuple[int, int, int, str, int]], device: str = "cpu") -> list[bool]:
     """transfers: (src, dst, numel, dtype, event_id), issued in this order by every rank."""
     handles, checks = [], []
     for src, dst, numel, dtype, event in transfers:
         if group.rank == src:
-            handles.append(group.isend(payload(event, numel, dtype), dst, event))
+            handles.append(group.isend(payload(event, numel, dtype).to(device), dst, event))
         elif group.rank == dst:
-            out = torch.empty(numel, dtype=DTYPES[dtype])
+            out = torch.empty(numel, dtype=DTYPES[dtype], device=device)
             handles.append(group.irecv(out, src, event))
             checks.append((out, event, numel, dtype))
     for h in handles:
         h.wait(timeout_s=60)
-    return [bool(torch.equal(out, payload(event, numel, dtype))) for out, event, numel, dtype in checks]
+    return [bool(torch.equal(out.cpu(), payload(event, numel, dtype))) for out, event, numel, dtype in checks]
 
 
 def expert_fn(rows: torch.Tensor, global_ids: torch.Tensor) -> torch.Tensor:
@@ -87,13 +87,19 @@ def run_afd(group: XcclGroup, seed: int, attention: list[int], experts: list[int
 
 
 def worker(rank: int, world: int, port: int, host_id: str, config: dict, commands, results) -> None:
+    config = dict(config)
+    device = config.pop("device", None)  # a CUDA device for every rank (GPU tests)
     try:
         group = XcclGroup.init(rank, world, store_addr=("127.0.0.1", port), host_id=host_id,
-                               config=XcclConfig(**config))
+                               config=XcclConfig(**config), device=device)
     except Exception as e:
         results.put((rank, "error", f"{type(e).__name__}: {e}"))
         return
-    results.put((rank, "ready", {"pid": os.getpid(), "transports": {p: group.transport(p) for p in group.channels}}))
+    results.put((rank, "ready", {
+        "pid": os.getpid(),
+        "transports": {p: group.transport(p) for p in group.channels},
+        "cuda_transports": {p: group.transport(p, cuda=True) for p in group.channels},
+    }))
     while True:
         cmd, arg = commands.get()
         try:
@@ -103,6 +109,8 @@ def worker(rank: int, world: int, port: int, host_id: str, config: dict, command
                 return
             if cmd == "transfers":
                 results.put((rank, "ok", run_transfers(group, arg)))
+            elif cmd == "cuda_transfers":
+                results.put((rank, "ok", run_transfers(group, arg, device)))
             elif cmd == "mixed_order":  # a non-blocking send, then a blocking one, to the same peer
                 if rank == 0:
                     h = group.isend(payload(1, 50_000, "float32"), 1, 1)

@@ -3,6 +3,9 @@
 Ranks meet through a torch.distributed ``TCPStore``. Each declares a host identity; pairs on the same
 host talk through shared-memory regions, other pairs through a gloo process group over TCP. Two "hosts"
 on one machine are simulated simply by declaring different host ids (traffic then goes over loopback).
+A rank that declares a CUDA ``device`` also gets CUDA IPC channels to the same-host peers that declared
+one: CUDA tensors then move GPU to GPU (:mod:`.p2p_cuda`); to other peers they are staged through host
+memory.
 
     group = XcclGroup.init(rank, world_size, store_addr=("127.0.0.1", port), host_id="host-a")
     group.send(tensor, peer=1, event_id=7)
@@ -27,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import EventMismatchError, MessageSizeError, PeerDeadError, XcclError, XcclTimeoutError
+from .p2p_cuda import CudaIpcChannel, open_ring, share_ring
 from .p2p_shm import ShmChannel, as_bytes
 from .poll import PollPolicy, pid_alive, wait_until
 from .region import XACK, XCOUNT, XEVENT, XSEQ, Region, RegionLayout, cleanup_stale_segments
@@ -40,12 +44,16 @@ class XcclConfig:
     # per-destination block of the pull-based exchange (dispatch/combine); size it for the largest
     # batch: tokens per rank x top-k x bytes per row
     exchange_bytes: int = 1 << 20
+    device_slots: int = 2  # CUDA IPC ring per peer (used only by ranks that declare a device)
+    device_slot_bytes: int = 16 << 20
     timeout_s: float = 30.0  # every wait has this deadline
     policy: PollPolicy = field(default_factory=PollPolicy)
 
     def __post_init__(self) -> None:
         if self.lanes < 1 or self.slots < 2 or self.slot_bytes < 64:
             raise ValueError("xccl needs lanes >= 1, slots >= 2 and slot_bytes >= 64")
+        if self.device_slots < 2 or self.device_slot_bytes < 64:
+            raise ValueError("xccl needs device_slots >= 2 and device_slot_bytes >= 64")
 
 
 @dataclass(frozen=True)
@@ -85,13 +93,18 @@ class GlooChannel:
             raise PeerDeadError(f"{what} with rank {self.peer} failed over gloo: {e}", self.peer) from e
 
     def send(self, data: torch.Tensor, event_id: int) -> None:
-        payload = torch.from_numpy(as_bytes(data))
+        payload = torch.from_numpy(as_bytes(data.cpu() if data.is_cuda else data))  # CUDA: staged in host memory
         header = torch.tensor([event_id, payload.numel()], dtype=torch.int64)
         self._run(self.pg.send([header], self.peer, 0), f"send of event {event_id}")
         if payload.numel():
             self._run(self.pg.send([payload], self.peer, 1), f"send of event {event_id}")
 
     def recv(self, out: torch.Tensor, event_id: int) -> int:
+        if out.is_cuda:  # staged through host memory
+            host = torch.empty(out.numel() * out.element_size(), dtype=torch.uint8)
+            n = self.recv(host, event_id)
+            out.reshape(-1).view(torch.uint8)[:n].copy_(host[:n])
+            return n
         dst = torch.from_numpy(as_bytes(out))
         header = torch.empty(2, dtype=torch.int64)
         self._run(self.pg.recv([header], self.peer, 0), f"receive of event {event_id}")
@@ -111,11 +124,31 @@ class GlooChannel:
         return n
 
 
+class _HostStaged:
+    """CUDA tensors over a shared-memory channel to a peer without a CUDA IPC channel: copied to host
+    memory first (the receiver copies back to its device)."""
+
+    def __init__(self, channel: ShmChannel) -> None:
+        self.channel = channel
+
+    def send(self, data: torch.Tensor, event_id: int) -> None:
+        self.channel.send(data.cpu(), event_id)
+
+    def recv(self, out: torch.Tensor, event_id: int) -> int:
+        host = torch.empty(out.numel() * out.element_size(), dtype=torch.uint8)
+        n = self.channel.recv(host, event_id)
+        out.reshape(-1).view(torch.uint8)[:n].copy_(host[:n])
+        return n
+
+
 class XcclGroup:
     def __init__(self, rank: int, world_size: int, config: XcclConfig) -> None:
         self.rank, self.world_size, self.config = rank, world_size, config
         self.peers: dict[int, PeerInfo] = {}
         self.channels: dict[int, ShmChannel | GlooChannel] = {}
+        self.device_channels: dict[int, CudaIpcChannel] = {}  # same-host peers, for CUDA tensors
+        self.device: torch.device | None = None
+        self._device_rings: torch.Tensor | None = None
         self.region: Region | None = None
         self._attached: dict[int, Region] = {}
         self._workers: dict[tuple[int, str], ThreadPoolExecutor] = {}
@@ -136,7 +169,11 @@ class XcclGroup:
         store_addr: tuple[str, int],
         host_id: str | None = None,
         config: XcclConfig | None = None,
+        device: str | torch.device | None = None,
     ) -> XcclGroup:
+        """Join the group (every rank calls this). ``device``: this rank's CUDA device, for GPU-to-GPU
+        traffic with same-host peers that declare one too (None: CUDA tensors are staged through host
+        memory)."""
         self = cls(rank, world_size, config or XcclConfig())
         cfg = self.config
         policy = PollPolicy(**{**cfg.policy.__dict__, "timeout_s": cfg.timeout_s})
@@ -152,6 +189,16 @@ class XcclGroup:
         self.region = Region.create(group_id, rank, layout)
         me = PeerInfo(rank, host_id, os.getpid(), self.region.name)
         store.set(f"xccl/rank/{rank}", json.dumps(me.__dict__))
+        if device is not None:
+            self.device = torch.device(device)
+            if self.device.type != "cuda":
+                raise ValueError(f"xccl device must be a CUDA device, got {self.device}")
+            self._device_rings = torch.empty(
+                world_size, cfg.device_slots, cfg.device_slot_bytes, dtype=torch.uint8, device=self.device
+            )
+            store.set(f"xccl/cuda/{rank}", share_ring(self._device_rings))
+        else:
+            store.set(f"xccl/cuda/{rank}", b"")
         for r in range(world_size):
             self.peers[r] = PeerInfo(**json.loads(store.get(f"xccl/rank/{r}").decode()))
         cross_host = any(p.host_id != self.peers[0].host_id for p in self.peers.values())
@@ -166,6 +213,15 @@ class XcclGroup:
                 self.channels[r] = ShmChannel(rank, r, self.region, remote, policy, self._alive_fn(info.pid))
             else:
                 self.channels[r] = GlooChannel(self._gloo, rank, r)
+        if self.device is not None:
+            for r, info in self.peers.items():
+                blob = store.get(f"xccl/cuda/{r}")
+                if r != rank and info.host_id == host_id and blob:
+                    tx = open_ring(blob, self.device)[rank]  # our ring in the peer's GPU memory
+                    self.device_channels[r] = CudaIpcChannel(
+                        rank, r, self.region, self._attached[r], self._device_rings[r], tx, policy,
+                        self._alive_fn(info.pid),
+                    )
         self._policy = policy
         self._xsent = [0] * world_size  # exchange payloads published to each rank
         self._xrecvd = [0] * world_size  # exchange payloads pulled from each rank
@@ -177,17 +233,26 @@ class XcclGroup:
     def _alive_fn(pid: int):
         return lambda: pid_alive(pid)
 
-    def transport(self, peer: int) -> str:
-        """'shm' or 'gloo': how this rank talks to ``peer``."""
+    def transport(self, peer: int, cuda: bool = False) -> str:
+        """How this rank talks to ``peer``: 'shm' or 'gloo' for CPU tensors; for CUDA tensors
+        (``cuda=True``) 'cuda_ipc', or 'shm' / 'gloo' staged through host memory."""
+        if cuda and peer in self.device_channels:
+            return "cuda_ipc"
         return "shm" if isinstance(self.channels[peer], ShmChannel) else "gloo"
 
     # ---- p2p ---------------------------------------------------------------------------------------------
-    def _channel(self, peer: int) -> ShmChannel | GlooChannel:
+    def _channel(self, peer: int, tensor: torch.Tensor | None = None):
         if self._closed:
             raise XcclError("the group is closed", peer)
         if peer not in self.channels:
             raise ValueError(f"rank {peer} is not a peer of rank {self.rank} (world size {self.world_size})")
-        return self.channels[peer]
+        channel = self.channels[peer]
+        if tensor is not None and tensor.is_cuda:
+            if peer in self.device_channels:
+                return self.device_channels[peer]
+            if isinstance(channel, ShmChannel):
+                return _HostStaged(channel)
+        return channel
 
     def _guard(self, fn, peer: int):
         try:
@@ -209,12 +274,12 @@ class XcclGroup:
 
     def send(self, tensor: torch.Tensor, peer: int, event_id: int) -> None:
         """Blocking send: returns once the peer has received and acknowledged every byte."""
-        channel = self._channel(peer)
+        channel = self._channel(peer, tensor)
         self._ordered(peer, "send", lambda: channel.send(tensor, event_id))
 
     def recv(self, out: torch.Tensor, peer: int, event_id: int) -> int:
         """Blocking receive into ``out`` (at least the message's size); returns the message size in bytes."""
-        channel = self._channel(peer)
+        channel = self._channel(peer, out)
         return self._ordered(peer, "recv", lambda: channel.recv(out, event_id))
 
     def _submit(self, peer: int, direction: str, op) -> Handle:
@@ -232,11 +297,11 @@ class XcclGroup:
         return Handle(future, peer)
 
     def isend(self, tensor: torch.Tensor, peer: int, event_id: int) -> Handle:
-        channel = self._channel(peer)
+        channel = self._channel(peer, tensor)
         return self._submit(peer, "send", lambda: channel.send(tensor, event_id))
 
     def irecv(self, out: torch.Tensor, peer: int, event_id: int) -> Handle:
-        channel = self._channel(peer)
+        channel = self._channel(peer, out)
         return self._submit(peer, "recv", lambda: channel.recv(out, event_id))
 
     # ---- pull-based exchange (the two phases of the paper's dispatch/combine, §3.2) ----------------------
@@ -357,6 +422,8 @@ class XcclGroup:
             if isinstance(channel, ShmChannel):
                 channel.close()
         self.channels.clear()
+        self.device_channels.clear()
+        self._device_rings = None
         for region in self._attached.values():
             region.close()
         if self.region is not None:

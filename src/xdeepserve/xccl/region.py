@@ -3,7 +3,9 @@
 Layout of rank r's segment (all offsets 64-byte aligned)::
 
     header   int64[8]                         magic, world, lanes, slots, slot_bytes, owner pid
-    metadata int64[world, lanes, 4]           one 32-byte field per (peer p, lane):
+    metadata int64[world, lanes + 1, 4]       one 32-byte field per (peer p, lane); the last lane
+                                              signals for the CUDA IPC channel (its payload is in GPU
+                                              memory, see p2p_cuda):
                                                 EVENT, TAIL — written by p when p sends to r
                                                 ACK         — written by p when p receives from r
                                                 SIZE        — byte size of p's current message to r
@@ -66,7 +68,7 @@ class RegionLayout:
 
     @property
     def ring_offset(self) -> int:
-        return _align(self.meta_offset + self.world * self.lanes * 4 * 8)
+        return _align(self.meta_offset + self.world * (self.lanes + 1) * 4 * 8)
 
     @property
     def xmeta_offset(self) -> int:
@@ -112,7 +114,7 @@ class Region:
         self.shm, self.layout, self.owner = shm, layout, owner
         buf = shm.buf
         self.header = np.ndarray((8,), np.int64, buffer=buf, offset=0)
-        self.meta = np.ndarray((layout.world, layout.lanes, 4), np.int64, buffer=buf, offset=layout.meta_offset)
+        self.meta = np.ndarray((layout.world, layout.lanes + 1, 4), np.int64, buffer=buf, offset=layout.meta_offset)
         self.rings_np = np.ndarray(
             (layout.world, layout.lanes, layout.slots, layout.slot_bytes), np.uint8, buffer=buf,
             offset=layout.ring_offset,
