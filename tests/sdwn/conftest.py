@@ -18,3 +18,33 @@ def paper_snapshot():
 @pytest.fixture(scope="session")
 def paper_graph(paper_snapshot):
     return paper_snapshot.to_graph()
+
+
+def _start_plane(**kw):
+    from sdwn_multicast.control import ControlPlane
+
+    plane = ControlPlane(**kw)
+    plane.start()
+    return plane
+
+
+@pytest.fixture(scope="module")
+def lossy_plane(request):
+    """Root + 3 domain controller processes on 127.0.0.1 with 20 % drops, 10 % duplicates, <= 20 ms delays."""
+    from sdwn_multicast.control import FaultConfig
+
+    plane = _start_plane(topology="paper30", sync_period_s=1.0,
+                         faults=FaultConfig(drop_prob=0.2, dup_prob=0.1, max_delay_ms=20, seed=5))
+    request.addfinalizer(plane.close)
+    return plane
+
+
+@pytest.fixture
+def fresh_plane(request):
+    """A fault-free control plane per test, for tests that kill controllers."""
+    from sdwn_multicast.control import ChannelTiming
+
+    plane = _start_plane(topology="paper30", sync_period_s=0.5,
+                         timing=ChannelTiming(rto_s=0.05, send_timeout_s=2.0, heartbeat_s=0.1, dead_after_s=1.0))
+    request.addfinalizer(plane.close)
+    return plane

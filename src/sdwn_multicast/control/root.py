@@ -184,15 +184,20 @@ class RootController:
         view = self.group_views.get(req.group)
         if view is None or not view.members:
             raise ControlPlaneError(f"group {req.group} has no members")
-        for d in range(self.topology.n_domains):
-            if not self.link_state.is_fresh(d, now):
-                e = self.link_state.get(d)
-                age = "never reported" if e is None else f"last report {now - e.sent_at:.2f} s ago"
-                raise ControlPlaneError(f"link state of domain {domain_label(d)} is stale ({age})")
-        links = [lk for d in range(self.topology.n_domains) for lk in self.link_state.get(d).value]
+        dom = self.topology.domain_of
+        if req.source not in dom:
+            raise ControlPlaneError(f"source {req.source} is not an AP of this network")
+        members = [m for m in view.members if m != req.source]
+        # a domain whose link state is older than the staleness bound can neither serve nor transit a tree
+        fresh = {d for d in range(self.topology.n_domains) if self.link_state.is_fresh(d, now)}
+        for d in sorted({dom[req.source], *(dom[m] for m in members)} - fresh):
+            e = self.link_state.get(d)
+            age = "never reported" if e is None else f"last report {now - e.sent_at:.2f} s ago"
+            raise ControlPlaneError(f"link state of domain {domain_label(d)} is stale ({age})")
+        links = [lk for d in sorted(fresh) for lk in self.link_state.get(d).value
+                 if dom[lk[0]] in fresh and dom[lk[1]] in fresh]
         graph = graph_from_links(links)
         graph.add_nodes_from(self.topology.nodes)
-        members = [m for m in view.members if m != req.source]
         plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
         waits = {}
         for d, terms in plan.terminals.items():

@@ -1,0 +1,134 @@
+"""Multi-process control plane: real controller processes and real TCP sockets with injected faults."""
+
+import signal
+import time
+
+import networkx as nx
+import pytest
+
+from sdwn_multicast.control import ControlPlaneError, PeerDeadError, RequestFailedError
+from sdwn_multicast.control.messages import LinkStateReport
+from sdwn_multicast.trees import validate_tree
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_all_processes_start_and_every_domain_reports(lossy_plane):
+    client = lossy_plane.client("t-start")
+    assert all(lossy_plane.alive.values()) and len(lossy_plane.procs) == 4
+    _wait_for(lambda: len(client.view("root").link_seqs) == 3, 10, "reports from all three domains")
+
+
+def test_domain_views_converge_within_two_sync_periods_under_message_loss(lossy_plane):
+    client = lossy_plane.client("t-converge")
+    period = lossy_plane.sync_period_s
+    _wait_for(lambda: len(client.view("root").link_seqs) == 3, 10, "reports from all three domains")
+    for _ in range(3):
+        at_root = dict(client.view("root").link_seqs)
+        time.sleep(2 * period)
+        for d in range(3):
+            seen = dict(client.view(f"domain{d}").link_seqs)
+            for dom, seq in at_root.items():
+                assert seen.get(dom, 0) >= seq, f"domain{d} lags the root on D{dom + 1}: {seen} vs {at_root}"
+
+
+def test_root_rejects_stale_and_out_of_order_reports(lossy_plane):
+    client = lossy_plane.client("t-stale")
+    _wait_for(lambda: dict(client.view("root").link_seqs).get(0, 0) >= 2, 10, "two reports from D1")
+    client.send_report(LinkStateReport(domain=0, seq=1, sent_at=time.time(), step=0, links=()))
+    client.send_report(LinkStateReport(domain=0, seq=10 ** 9, sent_at=time.time() - 3600, step=0, links=()))
+    rejected = _wait_for(lambda: len(client.rejections) >= 2 and client.rejections, 10, "two rejections")
+    reasons = {r.seq: r.reason for r in rejected}
+    assert "seq 1 <=" in reasons[1]
+    assert "old" in reasons[10 ** 9]
+    assert dict(client.view("root").link_seqs)[0] < 10 ** 9
+
+
+def test_group_views_classify_members_by_domain_and_follow_join_and_leave(lossy_plane):
+    client = lossy_plane.client("t-groups")
+    for m in (3, 9, 15, 26, 30):
+        client.join(group=7, member=m, ttl_s=30)
+    view = _wait_for(lambda: (v := client.group_view(7)).members == (3, 9, 15, 26, 30) and v, 10, "joins")
+    assert dict(view.members_by_domain) == {0: (3, 9), 1: (15,), 2: (26, 30)}
+    client.leave(group=7, member=15)
+    later = _wait_for(lambda: (v := client.group_view(7)).members == (3, 9, 26, 30) and v, 10, "leave")
+    assert later.version > view.version
+    dview = _wait_for(lambda: (v := client.group_view(7, target="domain1")).members == (3, 9, 26, 30) and v,
+                      10, "domain view of the leave")
+    assert 1 not in dict(dview.members_by_domain)
+
+
+def test_membership_is_soft_state_and_expires_without_refresh(lossy_plane):
+    client = lossy_plane.client("t-soft")
+    client.join(group=8, member=12, ttl_s=1.0)
+    _wait_for(lambda: client.group_view(8).members == (12,), 10, "join")
+    _wait_for(lambda: client.group_view(8).members == (), 10, "expiry of the unrefreshed join")
+
+
+def test_a_tree_request_returns_a_valid_composed_tree(lossy_plane):
+    client = lossy_plane.client("t-tree")
+    members = (5, 14, 19, 25, 29)
+    for m in members:
+        client.join(group=9, member=m, ttl_s=60)
+    _wait_for(lambda: client.group_view(9).members == members, 10, "joins")
+    commit = client.request_tree(group=9, source=2, timeout_s=15)
+    tree = nx.Graph(list(commit.edges))
+    validate_tree(lossy_plane.topology.graph, tree, 2, members)
+    crossings = [e for e in tree.edges if lossy_plane.topology.domain_of[e[0]] != lossy_plane.topology.domain_of[e[1]]]
+    assert len(crossings) == 2  # D1 -> D2 -> D3, each domain entered once
+    again = client.request_tree(group=9, source=2, timeout_s=15)
+    assert again.version > commit.version
+
+
+def test_a_request_for_an_empty_group_fails_with_a_reason(lossy_plane):
+    client = lossy_plane.client("t-empty")
+    with pytest.raises(RequestFailedError, match="group 404 has no members"):
+        client.request_tree(group=404, source=1, timeout_s=10)
+
+
+def test_joining_through_the_wrong_domain_is_refused_not_recorded(lossy_plane):
+    client = lossy_plane.client("t-wrong")
+    from sdwn_multicast.control.messages import GroupJoin
+
+    client._run(client._send("domain0", GroupJoin(11, 25, 30.0), 5.0), 5.0)
+    _wait_for(lambda: client.errors, 5, "error reply")
+    assert "AP 25 is not in domain D1" in client.errors[0].reason
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
+def test_a_dead_domain_controller_is_named_in_the_error_and_nothing_hangs(fresh_plane, sig):
+    client = fresh_plane.client("t-dead")
+    for m in (4, 27):
+        client.join(group=1, member=m, ttl_s=60)
+    _wait_for(lambda: client.group_view(1).members == (4, 27), 10, "joins")
+    client.request_tree(group=1, source=1, timeout_s=10)
+    fresh_plane.kill("domain2", sig)
+    t0 = time.monotonic()
+    with pytest.raises(RequestFailedError, match="D3"):
+        # D3's members may already have expired from the view (its reports stopped); then D3 is still
+        # named because its link state is stale or its controller is gone
+        for _ in range(20):
+            client.request_tree(group=1, source=1, timeout_s=10)
+            time.sleep(0.2)
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_dead_root_is_named_in_the_clients_error(fresh_plane):
+    client = fresh_plane.client("t-root")
+    client.join(group=1, member=4, ttl_s=60)
+    client.view("root")
+    fresh_plane.kill("root")
+    with pytest.raises((PeerDeadError, ControlPlaneError), match="root"):
+        for _ in range(50):
+            client.view("root", timeout_s=3)
+            time.sleep(0.1)
