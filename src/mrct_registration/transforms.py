@@ -34,7 +34,15 @@ def _map_coords(array: np.ndarray, grid: Grid, points_mm: np.ndarray, order: int
     """Sample a scalar (nz, ny, nx) array at physical points (..., 3); returns values of shape (...)."""
     idx = grid.physical_to_index(points_mm)
     coords = np.stack([idx[..., 2], idx[..., 1], idx[..., 0]], axis=0)
-    return ndimage.map_coordinates(array, coords, order=order, mode=mode, cval=cval, prefilter=False)
+    if mode != "constant":
+        return ndimage.map_coordinates(array, coords, order=order, mode=mode, cval=cval, prefilter=False)
+    # A voxel covers +-0.5 index around its centre: points there take the edge value (as in ITK), so round-off
+    # at the border (index -1e-12) never turns an edge voxel into fill; farther points get ``cval``.
+    shape = np.asarray(array.shape, dtype=np.float64).reshape(3, *([1] * (coords.ndim - 1)))
+    outside = np.any((coords < -0.5) | (coords > shape - 0.5), axis=0)
+    values = ndimage.map_coordinates(array, coords, order=order, mode="nearest", prefilter=False)
+    values[outside] = cval
+    return values
 
 
 def sample_image(image: Image, points_mm: np.ndarray, order: int = 1, fill_value: float = 0.0) -> np.ndarray:

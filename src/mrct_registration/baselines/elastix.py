@@ -28,8 +28,8 @@ def to_itk(image: Image):
 class ElastixBsplineRegistration:
     name = "elastix-bspline-mi"
 
-    def __init__(self, grid_spacing_mm: float = 24.0, iterations: int = 300, resolutions: int = 3,
-                 samples: int = 4096, seed: int = 20190731) -> None:
+    def __init__(self, grid_spacing_mm: float = 24.0, iterations: int = 150, resolutions: int = 3,
+                 samples: int = 2048, seed: int = 20190731) -> None:
         self.grid_spacing_mm, self.iterations, self.resolutions = grid_spacing_mm, iterations, resolutions
         self.samples, self.seed = samples, seed
 

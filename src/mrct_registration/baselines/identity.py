@@ -13,6 +13,6 @@ class IdentityRegistration:
     def register(self, fixed: Image, moving: Image) -> RegistrationResult:
         check_pair(fixed, moving)
         timer = StageTimer()
-        with timer.stage("field"):
+        with timer.stage("to_field"):
             field = DisplacementField.identity(fixed.grid)
         return RegistrationResult(self.name, field, timer.seconds)
