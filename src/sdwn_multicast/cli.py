@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tree)
 
     sp = sub.add_parser("eval", help="run methods on seeded requests; CSV, Markdown and PNG outputs")
-    sp.add_argument("--quick", action="store_true", help="paper30 + abilene, 25 requests each (< 5 min)")
+    sp.add_argument("--quick", action="store_true", help="paper30, abilene and geant, 30 requests each (well under 5 min)")
     sp.add_argument("--topologies", nargs="+")
     sp.add_argument("--methods", nargs="+")
     sp.add_argument("--requests", type=int)

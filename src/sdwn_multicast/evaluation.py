@@ -300,8 +300,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
     return {"csv": csv, "summary": md, **{p.stem: p for p in pngs}}
 
 
-QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene"), n_requests=25,
-                          methods=tuple(m for m in DEFAULT_METHODS), steps_between_requests=(30, 360))
+QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene", "geant"), n_requests=30, steps_between_requests=(30, 360))
 
 __all__ = ["DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "METHODS", "METRICS", "QUICK_CONFIG",
            "build_tree", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",

@@ -8,6 +8,8 @@ connected and acyclic and contain the source and every member. Trees are built o
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -160,69 +162,144 @@ class CrossDomainPlan:
     terminals: dict
 
 
+def _candidate_domain_trees(qg: nx.Graph, root: int, need: set, limit: int) -> list[nx.Graph]:
+    """Trees of the quotient graph that contain the needed domains, cheapest (quotient weight) first.
+
+    The KMB tree of the quotient graph is always first; with few domains, every spanning tree of every
+    connected domain subset containing ``need`` follows (at most ``limit`` trees in all).
+    """
+    if len(need) == 1:
+        t = nx.Graph()
+        t.add_node(root)
+        return [t]
+    kmb = nx.algorithms.approximation.steiner_tree(qg, sorted(need), weight="weight", method="kou")
+    out = [nx.Graph(kmb)]
+    optional = [d for d in qg.nodes if d not in need]
+    if len(qg) > 6:
+        return out
+    seen = {frozenset(map(frozenset, kmb.edges))}
+    for r in range(len(optional) + 1):
+        for extra in itertools.combinations(optional, r):
+            sub = qg.subgraph([*need, *extra])
+            if not nx.is_connected(sub):
+                continue
+            for t in nx.SpanningTreeIterator(sub, weight="weight"):
+                key = frozenset(map(frozenset, t.edges))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(nx.Graph(t))
+                if len(out) >= limit:
+                    return out
+    return out
+
+
 def plan_inter_domain(topology: MultiDomainTopology, graph: nx.Graph, source: Node, members: Iterable[Node],
-                      weight: str) -> CrossDomainPlan:
+                      weight: str, search_budget: int = 256) -> CrossDomainPlan:
     """Choose the domain tree and the boundary crossings (the root controller's / inter-domain agent's job).
 
-    1. The domain tree is the minimum Steiner tree (KMB) of the quotient graph whose edge weight is the
-       cheapest usable inter-domain link between two domains.
-    2. Walking it from the source's domain, each child domain is entered over the inter-domain link
-       (b_parent, b_child) minimising d_parent(entry, b_parent) + w(b_parent, b_child) + the mean
-       intra-domain distance from b_child to the child's local members (0 when it only forwards).
-    Distances are measured inside each domain only, so each domain is entered exactly once — the
-    assumption under which "inter tree + intra trees" is a valid tree (not necessarily optimal; the
-    evaluation reports the gap to the flat optimum).
+    Candidates are trees over the quotient graph (one node per domain, edge weight = cheapest usable
+    inter-domain link) containing the source's and members' domains — the quotient KMB tree first, then,
+    with at most 6 domains, the spanning trees of every domain subset — times one usable inter-domain link
+    per domain-tree edge. Up to ``search_budget`` (domain tree, crossings) combinations are scored by the
+    composed cost they imply: crossing weights plus the KMB cost of every domain's terminal set (entry,
+    local members, exits); the cheapest is kept. If even the quotient KMB tree has more crossing
+    combinations than the budget, a greedy walk from the source's domain enters each child over the link
+    minimising d_parent(entry, b_parent) + w(b_parent, b_child) + mean d_child(b_child, local members).
+
+    Each domain is entered exactly once — the assumption under which "inter tree + intra trees" is a
+    valid tree. It is not optimal in general; the evaluation reports the gap to the flat optimum.
     """
     members = check_request(graph, source, members)
     dom = topology.domain_of
     need = {dom[source]} | {dom[m] for m in members}
     qg = nx.Graph()
     qg.add_nodes_from(range(topology.n_domains))
+    links_between: dict[frozenset, list] = {}
     for u, v in topology.inter_domain_links:
         if not graph.has_edge(u, v):
             continue
         a, b = dom[u], dom[v]
+        links_between.setdefault(frozenset((a, b)), []).append((u, v))
         w = graph.edges[u, v][weight]
         if not qg.has_edge(a, b) or qg.edges[a, b]["weight"] > w:
             qg.add_edge(a, b, weight=w)
-    reach = nx.node_connected_component(qg, dom[source])
+    root = dom[source]
+    reach = nx.node_connected_component(qg, root)
     if not need <= reach:
         raise DecompositionError(f"domains {sorted(need - reach)} unreachable over inter-domain links")
-    if len(need) == 1:
-        dtree = nx.Graph()
-        dtree.add_node(dom[source])
-    else:
-        dtree = nx.algorithms.approximation.steiner_tree(qg.subgraph(reach), sorted(need), weight="weight",
-                                                         method="kou")
-    intra = {d: graph.subgraph(topology.domain_nodes(d)) for d in dtree.nodes}
-    local = {d: [m for m in members if dom[m] == d] for d in dtree.nodes}
-    root = dom[source]
-    entry, parent, crossings = {root: source}, {}, {}
-    exits: dict[int, set] = {d: set() for d in dtree.nodes}
-    for pd, cd in nx.bfs_edges(dtree, root):
-        d_par = nx.single_source_dijkstra_path_length(intra[pd], entry[pd], weight=weight)
-        best, best_cost = None, float("inf")
-        for u, v in topology.inter_domain_links:
-            if not graph.has_edge(u, v):
-                continue
-            bp, bc = (u, v) if dom[u] == pd and dom[v] == cd else (v, u) if dom[v] == pd and dom[u] == cd else (
-                None, None)
-            if bp is None or bp not in d_par:
-                continue
-            d_child = nx.single_source_dijkstra_path_length(intra[cd], bc, weight=weight)
-            if any(m not in d_child for m in local[cd]):
-                continue
-            tail = sum(d_child[m] for m in local[cd]) / len(local[cd]) if local[cd] else 0.0
-            c = d_par[bp] + graph.edges[bp, bc][weight] + tail
+    qg = qg.subgraph(reach)
+    intra = {d: graph.subgraph(topology.domain_nodes(d)) for d in reach}
+    local = {d: [m for m in members if dom[m] == d] for d in reach}
+
+    def crossings_of(dtree):
+        edges = list(nx.bfs_edges(dtree, root))
+        cands = [[(u, v) if dom[u] == pd else (v, u) for u, v in links_between[frozenset((pd, cd))]]
+                 for pd, cd in edges]
+        return edges, cands
+
+    def layout(edges, choice) -> tuple[dict, dict]:
+        entry = {root: source}
+        exits: dict[int, list] = {d: [] for d in {root, *(cd for _, cd in edges)}}
+        for (pd, cd), (bp, bc) in zip(edges, choice):
+            entry[cd] = bc
+            exits[pd].append(bp)
+        terms = {d: tuple(dict.fromkeys([entry[d], *local[d], *sorted(exits[d], key=str)])) for d in exits}
+        return entry, terms
+
+    from .baselines.steiner import kmb_tree
+
+    cache: dict = {}
+
+    def intra_cost(d, terms) -> float:
+        key = (d, frozenset(terms))
+        if key not in cache:
+            try:
+                cache[key] = 0.0 if len(terms) == 1 else tree_cost(
+                    intra[d], kmb_tree(intra[d], terms[0], terms[1:], weight), weight)
+            except MulticastError:
+                cache[key] = math.inf
+        return cache[key]
+
+    best, best_cost, budget = None, math.inf, search_budget
+    for dtree in _candidate_domain_trees(qg, root, need, limit=64):
+        edges, cands = crossings_of(dtree)
+        n_combos = math.prod(len(c) for c in cands)
+        if n_combos > budget:
+            continue
+        budget -= n_combos
+        for choice in itertools.product(*cands):
+            _, terms = layout(edges, choice)
+            c = sum(graph.edges[e][weight] for e in choice)
+            for d, t in terms.items():
+                c += intra_cost(d, t)
+                if c >= best_cost:
+                    break
             if c < best_cost:
-                best, best_cost = (bp, bc), c
-        if best is None:
-            raise DecompositionError(f"no usable crossing from domain {pd} into domain {cd} "
-                                     "(a domain may be split by link failures)")
-        parent[cd], crossings[cd], entry[cd] = pd, best, best[1]
-        exits[pd].add(best[0])
-    terminals = {d: tuple(dict.fromkeys([entry[d], *local[d], *sorted(exits[d], key=str)])) for d in dtree.nodes}
-    return CrossDomainPlan(source_domain=root, domain_parent=parent, crossings=crossings, entry=entry,
+                best, best_cost = (edges, list(choice)), c
+    if best is None:
+        dtree = _candidate_domain_trees(qg, root, need, limit=1)[0]
+        edges, cands = crossings_of(dtree)
+        chosen, entry = [], {root: source}
+        for (pd, cd), cand in zip(edges, cands):
+            d_par = nx.single_source_dijkstra_path_length(intra[pd], entry[pd], weight=weight)
+            scored = []
+            for bp, bc in cand:
+                d_child = nx.single_source_dijkstra_path_length(intra[cd], bc, weight=weight)
+                if bp not in d_par or any(m not in d_child for m in local[cd]):
+                    continue
+                tail = sum(d_child[m] for m in local[cd]) / len(local[cd]) if local[cd] else 0.0
+                scored.append((d_par[bp] + graph.edges[bp, bc][weight] + tail, (bp, bc)))
+            if not scored:
+                raise DecompositionError(f"no usable crossing from domain {pd} into domain {cd} "
+                                         "(a domain may be split by link failures)")
+            pick = min(scored, key=lambda x: x[0])[1]
+            chosen.append(pick)
+            entry[cd] = pick[1]
+        best = (edges, chosen)
+    edges, chosen = best
+    entry, terminals = layout(edges, chosen)
+    return CrossDomainPlan(source_domain=root, domain_parent={cd: pd for pd, cd in edges},
+                           crossings={cd: e for (_, cd), e in zip(edges, chosen)}, entry=entry,
                            terminals=terminals)
 
 
