@@ -114,8 +114,11 @@ def cmd_control(args) -> int:
         client = cp.client()
         for m in args.members:
             client.join(group=1, member=m)
-        time.sleep(2 * args.sync_period)
+        deadline = time.monotonic() + 10 * args.sync_period + 5
         view = client.group_view(1)
+        while set(view.members) != set(args.members) and time.monotonic() < deadline:
+            time.sleep(args.sync_period / 4)  # membership reaches the root with the next domain report
+            view = client.group_view(1)
         print(f"group 1 view v{view.version}: members by domain {view.members_by_domain}")
         commit = client.request_tree(group=1, source=args.source, timeout_s=10.0)
         print(f"tree commit v{commit.version} for request {commit.request_id}: {sorted(commit.edges)}")

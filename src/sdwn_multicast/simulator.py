@@ -177,6 +177,20 @@ class LinkStateSnapshot:
         idx = self._domain_rows[domain]
         return self.dense(values, fill)[np.ix_(idx, idx)]
 
+    def feature_tensor(self, fields: tuple[str, ...] = ("free_bw_mbps", "delay_ms", "loss", "up"),
+                       domain: int | None = None) -> np.ndarray:
+        """(F, n, n) float32 stack of per-link fields / weightings as adjacency matrices (0 where no link).
+
+        ``domain`` restricts rows and columns to that domain's APs (in ``topology.nodes`` order): the
+        observation of one intra-domain agent. Failed links contribute 0 (``up`` is 0 there).
+        """
+        mats = []
+        for f in fields:
+            arr = self._resolve(f)
+            arr = np.where(self.up, arr, 0.0) if f != "up" else arr
+            mats.append(self.dense(arr) if domain is None else self.domain_dense(arr, domain))
+        return np.stack(mats).astype(np.float32)
+
     @cached_property
     def _domain_rows(self) -> list[np.ndarray]:
         dom = self.topology.domain_array

@@ -132,3 +132,13 @@ def test_a_dead_root_is_named_in_the_clients_error(fresh_plane):
         for _ in range(50):
             client.view("root", timeout_s=3)
             time.sleep(0.1)
+
+
+def test_cli_control_command_serves_a_tree_through_lossy_processes(capsys):
+    from sdwn_multicast.cli import main
+
+    assert main(["control", "--members", "5,14,25", "--drop", "0.1", "--dup", "0.1", "--delay-ms", "10",
+                 "--sync-period", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "members by domain ((0, (5,)), (1, (14,)), (2, (25,)))" in out
+    assert "tree commit v1" in out

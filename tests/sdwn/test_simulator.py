@@ -113,3 +113,13 @@ def test_dataset_round_trip(tmp_path):
 def test_loading_a_non_dataset_directory_fails_clearly(tmp_path):
     with pytest.raises(DatasetError, match="not a dataset directory"):
         load_dataset(tmp_path)
+
+
+def test_feature_tensor_gives_each_domain_agent_its_own_block():
+    s = LinkStateSimulator(paper_topology(), seed=0).step()
+    full = s.feature_tensor()
+    assert full.shape == (4, 30, 30) and full.dtype == np.float32
+    d3 = s.feature_tensor(("free_bw_mbps", "inv_bw"), domain=2)
+    assert d3.shape == (2, 10, 10)
+    assert np.allclose(d3[0], full[0][20:, 20:])
+    assert np.isfinite(d3).all()
