@@ -20,7 +20,7 @@ os.environ.setdefault("ANTS_RANDOM_SEED", "20190731")
 
 from .errors import MrctError  # noqa: E402
 
-DEFAULT_METHODS = ("identity", "sitk-rigid-mi", "ants-rigid", "ants-syn-mi", "elastix-bspline-mi")
+DEFAULT_METHODS = ("identity", "sitk-rigid-mi", "ants-rigid", "ants-syn-mi", "elastix-bspline-mi", "ants-two-stage")
 QUICK_METHODS = ("identity", "sitk-rigid-mi", "ants-rigid", "ants-syn-mi")
 SIZES = ("tiny", "small", "ci", "large")
 
@@ -93,12 +93,18 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from .baselines import get_method
+    from .baselines import ChainRegistration, get_method
     from .io import read_image, write_image
     from .transforms import field_to_sitk, warp_image
 
     fixed, moving = read_image(args.fixed), read_image(args.moving)
-    result = get_method(args.method).register(fixed, moving)
+    method = get_method(args.method)
+    if isinstance(method, ChainRegistration):
+        if not args.intermediate:
+            raise MrctError(f"{args.method} registers through an intermediate image (the pCT): pass --intermediate")
+        result = method.register_via(fixed, read_image(args.intermediate), moving)
+    else:
+        result = method.register(fixed, moving)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(field_to_sitk(result.field), str(args.out))
     if args.warped:
@@ -133,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--fixed", required=True)
     rg.add_argument("--moving", required=True)
     rg.add_argument("--method", default="ants-syn-mi")
+    rg.add_argument("--intermediate", help="the pCT, for chained methods (ants-two-stage)")
     rg.add_argument("--out", required=True, help="displacement field file (.nii.gz / .mha / .nrrd)")
     rg.add_argument("--warped", help="optional file for the moving image resampled onto the fixed grid")
     rg.set_defaults(func=_cmd_register)

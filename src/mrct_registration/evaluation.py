@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .baselines import get_method
+from .baselines import ChainRegistration, get_method
 from .baselines.base import RegistrationResult
 from .errors import MrctError
 from .image import Image
@@ -36,6 +36,7 @@ class Task:
     moving: str
     fixed: str
     truth: str
+    intermediate: str | None = None  # the image a chained method passes through (pCT for pMR -> iCT)
 
     def images(self, case: PhantomCase) -> tuple[Image, Image]:
         return getattr(case, self.fixed), getattr(case, self.moving)
@@ -48,7 +49,7 @@ class Task:
 
 
 TASKS = {
-    "pmr-ict": Task("pmr-ict", moving="pmr", fixed="ict", truth="pmr_to_ict"),  # the paper's main task
+    "pmr-ict": Task("pmr-ict", moving="pmr", fixed="ict", truth="pmr_to_ict", intermediate="pct"),  # the paper's main task
     "pct-ict": Task("pct-ict", moving="pct", fixed="ict", truth="pct_to_ict"),  # intra-procedural CT-CT
     "pct-ict-clean": Task("pct-ict-clean", moving="pct", fixed="ict_clean", truth="pct_to_ict"),  # no probe
     "pmr-pct": Task("pmr-pct", moving="pmr", fixed="pct", truth="pmr_to_pct"),  # pre-procedural MR-CT
@@ -70,6 +71,7 @@ class CaseScore:
     epe_liver_mm: float
     folding_percent: float
     total_s: float
+    intra_procedural_s: float  # total minus the stages a chained method runs before the procedure (pre_*)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def row(self) -> dict[str, float | int | str]:
@@ -100,6 +102,7 @@ def score_case(case: PhantomCase, result: RegistrationResult, task: Task) -> tup
         epe_liver_mm=endpoint_error_mm(result.field, truth, liver_f),
         folding_percent=folding_percent(result.field),
         total_s=result.total_seconds,
+        intra_procedural_s=result.total_seconds - sum(v for k, v in result.stage_seconds.items() if k.startswith("pre_")),
         stage_seconds=dict(result.stage_seconds),
     )
     landmark_rows = [
@@ -121,6 +124,7 @@ SUMMARY_METRICS = (
     ("epe_liver_mm", "End-point error in liver (mm)"),
     ("folding_percent", "Folding, det J <= 0 (%)"),
     ("total_s", "Run time (s)"),
+    ("intra_procedural_s", "Intra-procedural run time (s)"),
 )
 
 
@@ -233,7 +237,13 @@ def run_evaluation(config: EvalConfig, progress: Callable[[Sequence], Sequence] 
         if case is None or case.seed != seed:
             case = generate_case(seed, config.phantom)
         fixed, moving = task.images(case)
-        result = methods[name].register(fixed, moving)
+        method = methods[name]
+        if isinstance(method, ChainRegistration):
+            if task.intermediate is None:
+                raise MrctError(f"{name} registers through an intermediate image; task {task.name} has none")
+            result = method.register_via(fixed, getattr(case, task.intermediate), moving)
+        else:
+            result = method.register(fixed, moving)
         score, lm_rows = score_case(case, result, task)
         case_rows.append(score.row())
         landmark_rows.extend(lm_rows)

@@ -97,3 +97,14 @@ def test_phantom_and_register_commands_round_trip_through_files(tmp_path, capsys
     assert main(["register", "--fixed", str(tmp_path / "missing.nii.gz"), "--moving", str(tmp_path / "warped.nii.gz"),
                  "--out", str(tmp_path / "f.nii.gz")]) == 2
     assert "no image at" in capsys.readouterr().err
+
+
+def test_chained_method_reports_pre_and_intra_procedural_time_separately(tmp_path):
+    assert main(["eval", "--method", "ants-two-stage", "--cases", "1", "--size", "tiny", "--out", str(tmp_path),
+                 "--figure-cases", "0"]) == 0
+    row = pd.read_csv(tmp_path / "per_case.csv").iloc[0]
+    assert row["time_pre_optimise_s"] > 0 and row["time_intra_optimise_s"] > 0
+    assert row["intra_procedural_s"] == pytest.approx(row["total_s"] - row["time_pre_optimise_s"]
+                                                      - row["time_pre_prepare_s"] - row["time_pre_to_field_s"])
+    assert main(["eval", "--method", "ants-two-stage", "--task", "pct-ict", "--cases", "1", "--size", "tiny",
+                 "--out", str(tmp_path / "x")]) == 2
