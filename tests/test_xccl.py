@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,10 +175,33 @@ ep_case = st.fixed_dictionaries({
     "tokens": st.lists(st.integers(0, 24), min_size=4, max_size=4),
     "k": st.integers(1, 4),
     "experts": st.sampled_from([4, 8]),
-    "hidden": st.sampled_from([8, 32]),
+    "hidden": st.sampled_from([6, 8, 32]),
     "int8": st.booleans(),
     "dtype": st.sampled_from(["float32", "bfloat16"]),
 })
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 9), hidden=st.integers(1, 40), int8=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 1000))
+def test_records_round_trip_rows_and_expert_ids_for_any_row_width(n, hidden, int8, dtype, seed):
+    from xdeepserve.xccl.ep import pack_records, record_views
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, hidden, generator=g).to(dtype)
+    index = torch.randint(0, 12, (n,), generator=g)
+    ids = torch.randint(0, 64, (n,), generator=g)
+    records = pack_records(x, index, ids, int8)
+    got_ids, rows = record_views(records.reshape(-1), hidden, dtype, int8)
+    assert got_ids.tolist() == ids.tolist()
+    want = x[index].float()
+    if not int8:
+        assert torch.equal(rows, x[index])
+        return
+    # half a quantisation step of the row's max, plus the rounding back to a 16-bit dtype
+    step = want.abs().amax(dim=1, keepdim=True) / 127
+    rounding = want.abs() * (2**-7 if dtype != torch.float32 else 0)
+    assert bool(((rows.float() - want).abs() <= step * 0.51 + rounding + 1e-6).all())
 
 
 def _ep_tolerance(case) -> float:

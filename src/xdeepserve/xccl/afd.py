@@ -21,10 +21,10 @@ from .ep import (
     ExpertPlacement,
     group_by_expert,
     pack_records,
+    record_views,
     rows_bytes,
     rows_from,
     ungroup,
-    unpack_records,
     weighted_sum,
 )
 from .group import XcclGroup
@@ -101,7 +101,7 @@ def a2e(
     else:
         owner = layout.placement.owner[flat]
         sent = {d: (owner == d).nonzero().flatten() for d in layout.experts}
-    sends = {d: pack_records(x.index_select(0, p // k), flat[p], int8).reshape(-1) for d, p in sent.items()}
+    sends = {d: pack_records(x, p // k, flat[p], int8).reshape(-1) for d, p in sent.items()}
     group.exchange(sends, [], event_id)
     return A2EHandle(sent, t, k, topk_weights, x.dtype, x.shape[1])
 
@@ -119,7 +119,7 @@ def a2e_serve(
         if group.rank in layout.trampolines:  # hop 1: from our attention rank
             src = layout.attention_of(group.rank)
             payload = group.exchange({}, [src], event_id)[src]
-            ids, _ = unpack_records(payload, hidden, dtype, int8)
+            ids, _ = record_views(payload, hidden, dtype, int8)
             rec = payload.size // max(1, len(ids))
             records = payload.reshape(len(ids), rec) if len(ids) else payload.reshape(0, 0)
             owner = placement.owner[ids]
@@ -131,13 +131,12 @@ def a2e_serve(
         received = group.exchange(sends, list(layout.trampolines), event_id)
     else:
         received = group.exchange({}, list(layout.attention), event_id)
-    parsed = {s: unpack_records(p, hidden, dtype, int8) for s, p in received.items()}
+    parsed = {s: record_views(p, hidden, dtype, int8) for s, p in received.items()}
     sources = sorted(parsed)
-    ids = torch.cat([parsed[s][0] for s in sources]) if sources else torch.zeros(0, dtype=torch.long)
-    rows = torch.cat([parsed[s][1] for s in sources]) if sources else torch.zeros(0, hidden, dtype=dtype)
-    local = placement.local_index[ids]
     n_local = int((placement.owner == group.rank).sum())
-    rows, local, per_expert, order = group_by_expert(local, rows, n_local)
+    rows, local, per_expert, order = group_by_expert(
+        [(placement.local_index[parsed[s][0]], parsed[s][1]) for s in sources], n_local, hidden, dtype
+    )
     counts = {s: len(parsed[s][0]) for s in sources}
     return rows, local, per_expert, ExpertHandle(counts, order, hidden, dtype, forwarded, hop1)
 

@@ -66,44 +66,52 @@ class DispatchHandle:
     hidden: int
 
 
-def _quantize_rows(rows: torch.Tensor) -> np.ndarray:
-    scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / 127.0
-    q = torch.round(rows.float() / scale).clamp_(-127, 127).to(torch.int8)
-    packed = torch.cat([q.view(torch.uint8), scale.reshape(-1).contiguous().view(torch.uint8).reshape(-1, 4)], dim=1)
-    return packed.contiguous().numpy()
-
-
 def _row_bytes(hidden: int, dtype: torch.dtype, int8: bool) -> int:
     return hidden + 4 if int8 else hidden * torch.tensor([], dtype=dtype).element_size()
 
 
-def pack_records(rows: torch.Tensor, ids: torch.Tensor, int8: bool) -> np.ndarray:
-    """``[n, 4 + row_bytes]`` records: an int32 expert id, then the row (INT8 + fp32 scale, or raw).
-    Fixed-size records let a trampoline forward any subset without decoding it."""
-    n = rows.shape[0]
-    row = _row_bytes(rows.shape[1], rows.dtype, int8)
+def pack_records(x: torch.Tensor, token_index: torch.Tensor, ids: torch.Tensor, int8: bool) -> np.ndarray:
+    """``[n, 4 + row_bytes]`` records for rows ``x[token_index]``: an int32 expert id, then the row
+    (INT8 + fp32 scale, or raw). Fixed-size records let a trampoline forward any subset without
+    decoding it. The rows are gathered straight into the records (one copy)."""
+    n, hidden = len(token_index), x.shape[1]
+    row = _row_bytes(hidden, x.dtype, int8)
+    out = np.empty((n, 4 + row), dtype=np.uint8)
     if n == 0:
-        return np.zeros((0, 4 + row), dtype=np.uint8)
-    body = (_quantize_rows(rows) if int8 else rows.contiguous().view(torch.uint8).numpy()).reshape(n, row)
-    head = ids.to(torch.int32).contiguous().numpy().view(np.uint8).reshape(n, 4)
-    return np.concatenate([head, body], axis=1)
+        return out
+    out[:, :4] = ids.to(torch.int32).contiguous().numpy().view(np.uint8).reshape(n, 4)
+    body = torch.from_numpy(out)[:, 4:]
+    if int8:
+        rows = x.index_select(0, token_index).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+        body[:, :hidden].view(torch.int8).copy_(torch.round(rows / scale).clamp_(-127, 127))
+        out[:, 4 + hidden :] = scale.numpy().view(np.uint8).reshape(n, 4)
+    else:
+        np.take(x.contiguous().view(torch.uint8).numpy().reshape(-1, row), token_index.numpy(), axis=0,
+                out=out[:, 4:], mode="clip")  # indices are in range; "clip" writes without a buffer
+    return out
 
 
-def unpack_records(
+def record_views(
     payload: np.ndarray, hidden: int, dtype: torch.dtype, int8: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bytes of ``n`` records -> ``(expert ids [n] long, rows [n, hidden] in dtype)``."""
+    """Bytes of ``n`` records -> ``(expert ids [n] long, rows [n, hidden])``. Raw rows are a view into
+    ``payload`` (valid until its buffer is reused: the next exchange); INT8 rows are dequantised."""
     if payload.size == 0:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, hidden, dtype=dtype)
     rec = 4 + _row_bytes(hidden, dtype, int8)
-    records = torch.from_numpy(payload.copy()).view(-1, rec)
-    ids = records[:, :4].contiguous().view(torch.int32).reshape(-1).long()
-    body = records[:, 4:]
+    records = payload.reshape(-1, rec)
+    # small fields are copied out (``copy`` gives canonical strides, so the dtype views are legal)
+    ids = torch.from_numpy(records[:, :4].copy().view(np.int32).reshape(-1).astype(np.int64))
     if int8:
-        q = body[:, :hidden].view(torch.int8).float()
-        scale = body[:, hidden:].contiguous().view(torch.float32)
+        q = torch.from_numpy(records[:, 4 : 4 + hidden].copy().view(np.int8)).float()
+        scale = torch.from_numpy(records[:, 4 + hidden :].copy().view(np.float32))
         return ids, (q * scale).to(dtype)
-    return ids, body.contiguous().view(dtype).reshape(-1, hidden)
+    body = torch.from_numpy(records)[:, 4:]
+    try:
+        return ids, body.view(dtype)  # strided view, no copy
+    except RuntimeError:  # a record stride this dtype cannot express as a view: copy
+        return ids, torch.from_numpy(records[:, 4:].copy()).view(dtype)
 
 
 def rows_bytes(rows: torch.Tensor) -> np.ndarray:
@@ -113,15 +121,29 @@ def rows_bytes(rows: torch.Tensor) -> np.ndarray:
 
 
 def rows_from(payload: np.ndarray, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows of a received payload, as a view (valid until the next exchange reuses the buffer)."""
     if payload.size == 0:
         return torch.zeros(0, hidden, dtype=dtype)
-    return torch.from_numpy(payload.copy()).view(dtype).reshape(-1, hidden)
+    return torch.from_numpy(payload).view(dtype).reshape(-1, hidden)
 
 
-def group_by_expert(ids: torch.Tensor, rows: torch.Tensor, n_local: int):
-    """Stable sort of received rows by local expert: ``(rows, ids, counts per expert, order)``."""
+def group_by_expert(
+    parts: list[tuple[torch.Tensor, torch.Tensor]], n_local: int, hidden: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Received (local expert ids, rows) per source -> ``(rows, ids, counts per expert, order)`` with
+    the rows stably sorted by local expert; ``order`` maps grouped position -> position in the
+    concatenation of the parts. Each part's rows are copied once, straight to their grouped place."""
+    ids = torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
     order = torch.argsort(ids, stable=True)
-    return rows[order], ids[order], torch.bincount(ids, minlength=n_local), order
+    place = torch.empty_like(order)
+    place[order] = torch.arange(len(order))
+    rows = torch.empty(len(ids), hidden, dtype=dtype)
+    offset = 0
+    for i, r in parts:
+        if len(i):
+            rows.index_copy_(0, place[offset : offset + len(i)], r)
+        offset += len(i)
+    return rows, ids[order], torch.bincount(ids, minlength=n_local), order
 
 
 def weighted_sum(
@@ -156,15 +178,13 @@ def dispatch(
     sends, sent_pairs = [], []
     for d in range(group.world_size):
         pairs = (dest == d).nonzero().flatten()
-        sends.append(pack_records(x.index_select(0, pairs // k), local[pairs], int8).reshape(-1))
+        sends.append(pack_records(x, pairs // k, local[pairs], int8).reshape(-1))
         sent_pairs.append(pairs)
     received = group.alltoallv(sends, event_id)
-    parsed = [unpack_records(p, hidden, x.dtype, int8) for p in received]
+    parsed = [record_views(p, hidden, x.dtype, int8) for p in received]
     counts = [len(ids) for ids, _ in parsed]
     n_local = int((placement.owner == group.rank).sum())
-    rows, ids, per_expert, order = group_by_expert(
-        torch.cat([i for i, _ in parsed]), torch.cat([r for _, r in parsed]), n_local
-    )
+    rows, ids, per_expert, order = group_by_expert(parsed, n_local, hidden, x.dtype)
     return rows, ids, per_expert, DispatchHandle(sent_pairs, counts, order, t, k, topk_weights, x.dtype, hidden)
 
 
