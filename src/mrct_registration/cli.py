@@ -86,6 +86,10 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
     case = generate_case(args.seed, _phantom_config(args.size))
     folder = save_case(case, Path(args.out))
+    if args.figure:
+        from .figures import phantom_figure
+
+        phantom_figure(case, folder / "overview.png")
     print(f"wrote phantom case {args.seed} to {folder}")
     return 0
 
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, required=True)
     ph.add_argument("--size", choices=SIZES, default="ci")
     ph.add_argument("--out", required=True)
+    ph.add_argument("--figure", action="store_true", help="also write overview.png (axial slices of every image)")
     ph.set_defaults(func=_cmd_phantom)
 
     rg = sub.add_parser("register", help="register two image files with one method and write the displacement field")

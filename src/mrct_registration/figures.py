@@ -69,3 +69,39 @@ def box_plots(per_case: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def phantom_figure(case, path: Path) -> None:
+    """One case at a glance: pMR and pCT through the first tumour, iCT / clean iCT / their difference through the
+    needle tip, and the iCT labels."""
+    from .phantom.probe import crossed_slices
+
+    def slice_at(image: Image, point_mm: np.ndarray) -> int:
+        k = int(round(image.grid.physical_to_index(point_mm)[2]))
+        return int(np.clip(k, 0, image.grid.shape[0] - 1))
+
+    k_mr = slice_at(case.pmr, case.pmr_landmarks.points_mm[0])
+    k_ct = slice_at(case.pct, case.pct_landmarks.points_mm[0])
+    if case.needle is not None:
+        crossed = crossed_slices(case.needle, case.ict.grid)
+        k_i = max(crossed, key=lambda k: int(case.probe_mask.array[k].sum())) if crossed else case.ict.grid.shape[0] // 2
+    else:
+        k_i = slice_at(case.ict, case.ict_landmarks.points_mm[0])
+    panels = [
+        (_normalise(case.pmr.array[k_mr]), "gray", f"pMR ({case.config.mr_weighting.upper()}w)"),
+        (_window_ct(case.pct.array[k_ct]), "gray", "pCT"),
+        (_window_ct(case.ict.array[k_i]), "gray", "iCT with probe"),
+        (_window_ct(case.ict_clean.array[k_i]), "gray", "clean iCT (ground truth)"),
+        (np.clip(case.ict.array[k_i] - case.ict_clean.array[k_i], -300, 300), "RdBu_r", "iCT - clean iCT (HU)"),
+        (case.ict_labels.array[k_i], "tab10", "iCT labels"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.4), dpi=70)
+    for ax, (data, cmap, title) in zip(axes.ravel(), panels):
+        kwargs = {"vmin": 0, "vmax": 9, "interpolation": "nearest"} if cmap == "tab10" else {}
+        ax.imshow(data, cmap=cmap, **kwargs)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"phantom seed {case.seed} (axial slices; image left = patient right)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -85,8 +85,8 @@ def test_eval_rejects_unknown_methods_and_tasks_with_a_message(capsys):
 
 
 def test_phantom_and_register_commands_round_trip_through_files(tmp_path, capsys):
-    assert main(["phantom", "--seed", "7", "--size", "tiny", "--out", str(tmp_path / "case")]) == 0
-    for name in ("pmr.nii.gz", "ict.nii.gz", "ict_clean.nii.gz", "ict_labels.nii.gz", "field_pmr_to_ict.nii.gz",
+    assert main(["phantom", "--seed", "7", "--size", "tiny", "--out", str(tmp_path / "case"), "--figure"]) == 0
+    for name in ("overview.png", "pmr.nii.gz", "ict.nii.gz", "ict_clean.nii.gz", "ict_labels.nii.gz", "field_pmr_to_ict.nii.gz",
                  "landmarks.csv", "case.json"):
         assert (tmp_path / "case" / name).exists(), name
     assert main(["register", "--fixed", str(tmp_path / "case" / "ict.nii.gz"), "--moving", str(tmp_path / "case" / "pmr.nii.gz"),
