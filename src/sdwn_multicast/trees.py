@@ -330,13 +330,6 @@ def compose_cross_domain_tree(topology: MultiDomainTopology, graph: nx.Graph, so
     return prune_tree(tree, (source, *members))
 
 
-def segment_tree(graph: nx.Graph, source: Node, members: Iterable[Node], weight: str) -> nx.Graph:
-    """Default intra-domain algorithm: KMB (:func:`sdwn_multicast.baselines.steiner.kmb_tree`)."""
-    from .baselines.steiner import kmb_tree
-
-    return kmb_tree(graph, source, members, weight)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Incremental repair.
 # ---------------------------------------------------------------------------------------------------------
