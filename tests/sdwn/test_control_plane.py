@@ -88,6 +88,9 @@ def test_a_tree_request_returns_a_valid_composed_tree(lossy_plane):
     assert len(crossings) == 2  # D1 -> D2 -> D3, each domain entered once
     again = client.request_tree(group=9, source=2, timeout_s=15)
     assert again.version > commit.version
+    # every domain on the tree installs its share of the OpenFlow group/flow rules
+    for d in range(3):
+        _wait_for(lambda d=d: client.view(f"domain{d}", group=9).flow_rules > 0, 10, f"rules in D{d + 1}")
 
 
 def test_a_request_for_an_empty_group_fails_with_a_reason(lossy_plane):

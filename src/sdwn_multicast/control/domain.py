@@ -33,6 +33,7 @@ from .messages import (
     ViewQuery,
     ViewReply,
 )
+from .openflow import MulticastRules, tree_rules
 from .root import domain_label, graph_from_links
 from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig, open_channel
 
@@ -56,6 +57,7 @@ class DomainController:
         self.rejected = 0
         self.segments: dict[int, TreeSegment] = {}
         self.installed: dict[int, TreeCommit] = {}
+        self.flow_tables: dict[int, MulticastRules] = {}
         self.root: Channel | None = None
         self.stopped = asyncio.Event()
 
@@ -121,11 +123,17 @@ class DomainController:
                 from .messages import GroupView
 
                 gv = next((GroupView(g, v, mbd) for g, v, mbd in d.group_views if g == msg.group), None)
-            await ch.send(ViewReply(msg.request_id, self.name, d.version if d else 0, d.link_seqs if d else (), gv))
+            rules = self.flow_tables.get(msg.group)
+            n_rules = len(rules.group_mods) + len(rules.flow_mods) if rules else 0
+            await ch.send(ViewReply(msg.request_id, self.name, d.version if d else 0, d.link_seqs if d else (), gv,
+                                    n_rules))
         elif isinstance(msg, SegmentRequest):
             await ch.send(self._segment(msg))
         elif isinstance(msg, TreeCommit):
+            # install (here: compute and keep) this domain's share of the OpenFlow rules
             self.installed[msg.group] = msg
+            self.flow_tables[msg.group] = tree_rules(self.topology, msg.edges, msg.source, msg.members, msg.group,
+                                                     domain=self.domain)
 
     def _segment(self, req: SegmentRequest):
         if req.request_id in self.segments:  # idempotent under root retries

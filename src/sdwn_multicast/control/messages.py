@@ -121,6 +121,7 @@ class ViewReply:
     version: int
     link_seqs: tuple[tuple[int, int], ...]
     group_view: GroupView | None
+    flow_rules: int = 0  # OpenFlow group + flow entries installed for the queried group (domains only)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class TreeCommit:
     group: int
     source: int
     edges: tuple[tuple[int, int], ...]
+    members: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -228,4 +228,4 @@ class RootController:
         tree = prune_tree(tree, (req.source, *members))
         validate_tree(graph, tree, req.source, members)
         edges = tuple(sorted(tuple(sorted(e)) for e in tree.edges))
-        return TreeCommit(req.request_id, next(self.commits), req.group, req.source, edges)
+        return TreeCommit(req.request_id, next(self.commits), req.group, req.source, edges, tuple(members))
