@@ -232,7 +232,7 @@ class LinkStateSimulator:
         self._forced_down: set[int] = set()
         self.step_index = -1
         self.time_s = cfg.start_hour * 3600.0 - cfg.interval_s
-        self._routing_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._routing_cache: dict[bytes, list] = {}
         self.snapshot: LinkStateSnapshot | None = None
 
     # ---- external events ----
@@ -316,20 +316,16 @@ class LinkStateSimulator:
         frac = hour - int(hour)
         demand = (1 - frac) * self.traffic[h0] + frac * self.traffic[(h0 + 1) % 24]
         demand_mbps = demand * cfg.demand_unit_kbps / 1e3
-        pred, order = self._routing()
+        levels = self._routing()
         n = demand.shape[0]
+        # flow[dst, i]: traffic at node i heading to dst; push it one hop up dst's shortest-path tree per
+        # level, farthest nodes first, so each link carries the sum over its subtree (all dsts at once)
+        flow = demand_mbps.T.copy().ravel()
         load = np.zeros(len(self.topology.edges))
-        eidx = self._edge_lookup
-        for dst in range(n):
-            # flows towards dst travel up its shortest-path tree; push subtree totals to parents
-            flow = demand_mbps[:, dst].copy()
-            p = pred[dst]
-            for node in order[dst]:
-                parent = p[node]
-                if parent < 0:
-                    continue
-                load[eidx[node, parent]] += flow[node]
-                flow[parent] += flow[node]
+        for here, parent, edge in levels:
+            f = flow[here]
+            load += np.bincount(edge, weights=f, minlength=len(load))
+            flow += np.bincount(parent, weights=f, minlength=n * n)
         return load
 
     @cached_property
@@ -341,18 +337,26 @@ class LinkStateSimulator:
         lookup[v, u] = np.arange(len(u))
         return lookup
 
-    def _routing(self) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _routing(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per hop-distance level (farthest first): flat (dst, node) indices, (dst, next hop) indices, link ids.
+
+        Cached per set of up links: routing only changes when a link fails or recovers.
+        """
         key = np.packbits(self.up).tobytes()
         if key not in self._routing_cache:
             n = len(self.topology.nodes)
             u, v = self.topology.edge_endpoints
             m = csr_matrix((np.ones(int(self.up.sum())), (u[self.up], v[self.up])), shape=(n, n))
             dist, pred = shortest_path(m, directed=False, unweighted=True, return_predecessors=True)
-            dist = np.where(np.isfinite(dist), dist, -1)
-            order = [np.argsort(-dist[d], kind="stable") for d in range(n)]
+            dist = np.where(np.isfinite(dist), dist, -1).astype(np.int64)
+            levels = []
+            for level in range(int(dist.max()), 0, -1):
+                dst, node = np.nonzero(dist == level)
+                nxt = pred[dst, node]
+                levels.append((dst * n + node, dst * n + nxt, self._edge_lookup[node, nxt]))
             if len(self._routing_cache) > 64:
                 self._routing_cache.clear()
-            self._routing_cache[key] = (pred, order)
+            self._routing_cache[key] = levels
         return self._routing_cache[key]
 
 
