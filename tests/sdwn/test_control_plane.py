@@ -1,5 +1,6 @@
 """Multi-process control plane: real controller processes and real TCP sockets with injected faults."""
 
+import itertools
 import signal
 import time
 
@@ -145,3 +146,18 @@ def test_cli_control_command_serves_a_tree_through_lossy_processes(capsys):
     out = capsys.readouterr().out
     assert "members by domain ((0, (5,)), (1, (14,)), (2, (25,)))" in out
     assert "tree commit v1" in out
+
+
+def test_two_clients_with_the_same_request_ids_get_their_own_trees(lossy_plane):
+    a, b = lossy_plane.client("t-a"), lossy_plane.client("t-b")
+    for m in (6, 16):
+        a.join(group=21, member=m, ttl_s=60)
+    for m in (24, 28):
+        b.join(group=22, member=m, ttl_s=60)
+    _wait_for(lambda: a.group_view(21).members == (6, 16) and b.group_view(22).members == (24, 28), 10, "joins")
+    a.ids, b.ids = itertools.count(1000), itertools.count(1000)  # make both clients use the same request id
+    ta = a.request_tree(group=21, source=1, timeout_s=15)
+    tb = b.request_tree(group=22, source=1, timeout_s=15)
+    assert ta.request_id == tb.request_id == 1000
+    validate_tree(lossy_plane.topology.graph, nx.Graph(list(ta.edges)), 1, (6, 16))
+    validate_tree(lossy_plane.topology.graph, nx.Graph(list(tb.edges)), 1, (24, 28))

@@ -151,6 +151,8 @@ class DomainController:
             return ErrorReply(req.request_id, f"{self.name} cannot build its segment: {exc}")
         seg = TreeSegment(req.request_id, self.domain, tuple(tuple(e) for e in tree.edges))
         self.segments[req.request_id] = seg
+        if len(self.segments) > 1024:  # keep recent answers only (retries come within seconds)
+            self.segments.pop(next(iter(self.segments)))
         return seg
 
 

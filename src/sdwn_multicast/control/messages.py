@@ -136,7 +136,10 @@ class TreeRequest:
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """Root -> domain: build the intra-domain tree spanning ``terminals`` (entry node first)."""
+    """Root -> domain: build the intra-domain tree spanning ``terminals`` (entry node first).
+
+    ``request_id`` is the root's own segment id (clients number their tree requests independently).
+    """
 
     request_id: int
     domain: int

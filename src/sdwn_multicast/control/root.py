@@ -72,6 +72,8 @@ class RootController:
         self.commits = itertools.count(1)
         self._segments: dict[tuple[int, int], asyncio.Future] = {}
         self._conn_ids = itertools.count(1)
+        # segment ids are the root's own: clients number their requests independently
+        self._segment_ids = itertools.count(1)
 
     @property
     def version(self) -> int:
@@ -200,6 +202,7 @@ class RootController:
         graph.add_nodes_from(self.topology.nodes)
         plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
         waits = {}
+        sid = next(self._segment_ids)
         for d, terms in plan.terminals.items():
             if len(terms) < 2:
                 continue
@@ -207,8 +210,8 @@ class RootController:
             if dch is None or not dch.alive:
                 raise ControlPlaneError(f"domain {domain_label(d)} controller is not connected")
             fut = asyncio.get_running_loop().create_future()
-            self._segments[(req.request_id, d)] = fut
-            dch.spawn(dch.send(SegmentRequest(req.request_id, d, tuple(terms), req.weight),
+            self._segments[(sid, d)] = fut
+            dch.spawn(dch.send(SegmentRequest(sid, d, tuple(terms), req.weight),
                                timeout_s=self.segment_timeout_s))
             waits[d] = fut
         try:
@@ -224,7 +227,7 @@ class RootController:
             tree.add_edges_from(plan.crossings.values())
         finally:
             for d in waits:
-                self._segments.pop((req.request_id, d), None)
+                self._segments.pop((sid, d), None)
         tree = prune_tree(tree, (req.source, *members))
         validate_tree(graph, tree, req.source, members)
         edges = tuple(sorted(tuple(sorted(e)) for e in tree.edges))
