@@ -7,8 +7,8 @@ records. Per link it models
 * capacity = min(configured AP-AP bandwidth, 802.11g goodput at the link's SNR) (paper: 5-40 Mb/s
   configured, log-distance path loss with exponent 4.5);
 * used bandwidth = background traffic from 24 hourly gravity matrices (mean 200, peak/mean 2,
-  trough/mean 0.2), routed on hop-shortest paths; traffic is elastic (TCP-like), so the carried load
-  saturates at ``max_utilisation`` of capacity;
+  trough/mean 0.2; per-AP totals held at the 30-AP level), routed on hop-shortest paths; traffic is
+  elastic (TCP-like), so the carried load saturates at ``max_utilisation`` of capacity;
 * delay = 1 ms per-hop processing (paper) + 802.11 channel access + propagation + transmission +
   M/M/1 queueing;
 * loss = 1 - (1 - base loss)(1 - frame error rate at the SNR)(1 - M/M/1/K overflow);
@@ -91,7 +91,10 @@ class SimulatorConfig:
     mac_access_delay_ms: float = 0.5  # mean 802.11 DCF contention (DIFS + backoff + ACK) with a few neighbours
     base_loss_range: tuple[float, float] = (0.0, 0.01)
     mean_demand: float = 200.0
-    demand_unit_kbps: float = 0.5  # one unit of the gravity matrices in kb/s
+    demand_unit_kbps: float = 0.5  # one unit of the gravity matrices in kb/s, for a 30-AP network
+    # per-pair demand is scaled by (reference - 1) / (N - 1) so every AP sources as much traffic as in the
+    # paper's 30-AP network, whatever N (otherwise total demand grows as N^2 and large graphs saturate)
+    demand_reference_nodes: int = 30
     peak_to_mean: float = 2.0
     trough_to_mean: float = 0.2
     max_utilisation: float = 0.95
@@ -315,9 +318,11 @@ class LinkStateSimulator:
         h0 = int(hour) % 24
         frac = hour - int(hour)
         demand = (1 - frac) * self.traffic[h0] + frac * self.traffic[(h0 + 1) % 24]
-        demand_mbps = demand * cfg.demand_unit_kbps / 1e3
+        n_nodes = demand.shape[0]
+        per_ap_scale = (cfg.demand_reference_nodes - 1) / max(n_nodes - 1, 1)
+        demand_mbps = demand * cfg.demand_unit_kbps * per_ap_scale / 1e3
         levels = self._routing()
-        n = demand.shape[0]
+        n = n_nodes
         # flow[dst, i]: traffic at node i heading to dst; push it one hop up dst's shortest-path tree per
         # level, farthest nodes first, so each link carries the sum over its subtree (all dsts at once)
         flow = demand_mbps.T.copy().ravel()
