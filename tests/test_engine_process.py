@@ -99,13 +99,18 @@ def test_stop_string_ends_the_request_in_the_output_process(tiny_checkpoint):
         client = await AsyncEngineClient.start(EngineConfig(model=path, max_model_len=256))
         try:
             sp = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True, stop=(stop,))
-            return await _collect(client, "s", prompt, sp)
+            # the id is reused at once, while the engine core may still be running the stopped request
+            runs = [await _collect(client, "s", prompt, sp) for _ in range(4)]
+            await asyncio.sleep(0.6)  # a stats report after the last stop-string abort
+            return runs, client.stats()
         finally:
             await client.shutdown()
 
-    text, _, last = asyncio.run(main())
-    assert last.finish_reason is FinishReason.STOP
-    assert text == full.text[: full.text.index(stop)]
+    runs, stats = asyncio.run(main())
+    for text, _, last in runs:
+        assert last.finish_reason is FinishReason.STOP
+        assert text == full.text[: full.text.index(stop)]
+    assert stats.num_running == 0
 
 
 def test_dead_engine_fails_in_flight_requests_with_an_error_naming_it(tiny_checkpoint):

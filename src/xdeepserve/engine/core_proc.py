@@ -155,6 +155,11 @@ def run_engine_core(config: EngineConfig, addrs: ProcAddresses) -> None:
                     _, rid, prompt, sp_wire = msg
                     try:
                         sp = SamplingParams.from_wire(sp_wire)
+                        if core.abort([rid]):
+                            # The frontend refuses ids it still streams, so an id still running here
+                            # was ended by a stop string whose abort from the output child has not
+                            # arrived yet: the client reused it at once. Drop the old one silently.
+                            generation.pop(rid, None)
                         core.add_request(rid, prompt, sp)
                         admissions += 1
                         generation[rid] = admissions
