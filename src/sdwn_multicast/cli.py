@@ -2,7 +2,8 @@
 
 Subcommands: ``topology`` (describe a multi-domain topology), ``simulate`` (live stepping),
 ``dataset`` (write an offline snapshot dataset), ``tree`` (build one multicast tree), ``eval`` (the
-evaluation harness) and ``control`` (start the multi-process control plane and serve one tree request).
+evaluation harness), ``repair`` (incremental repair vs rebuilding) and ``control`` (start the
+multi-process control plane and serve one tree request).
 """
 
 from __future__ import annotations
@@ -106,6 +107,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_repair(args) -> int:
+    from pathlib import Path
+
+    from .evaluation import cpu_model, repair_summary_markdown, run_repair_evaluation
+
+    t0 = time.perf_counter()
+    df = run_repair_evaluation(tuple(args.topologies), args.requests, seed=args.seed,
+                               progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "repair.csv", index=False, float_format="%.6g")
+    text = repair_summary_markdown(df, cpu_model())
+    (out / "repair.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'repair.csv'} and {out / 'repair.md'} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def cmd_control(args) -> int:
     from .control.launcher import ControlPlane, FaultConfig
 
@@ -175,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="sdwn_eval_out")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("repair", help="incremental repair (join/leave/link failure) vs rebuilding")
+    sp.add_argument("--topologies", nargs="+", default=["paper30", "geant", "germany50"])
+    sp.add_argument("--requests", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="sdwn_eval_out")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_repair)
 
     sp = sub.add_parser("control", help="start root + domain controllers on 127.0.0.1 and serve one tree")
     sp.add_argument("--topology", default="paper30")

@@ -89,3 +89,12 @@ def test_cli_dataset_and_simulate(tmp_path, capsys):
     assert (tmp_path / "d" / "snapshots.npz").exists() and (tmp_path / "d" / "meta.json").exists()
     assert main(["simulate", "--topology", "paper9", "--steps", "3", "--every", "1"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) >= 4
+
+
+def test_repair_evaluation_validates_every_repaired_tree(tmp_path, capsys):
+    assert main(["repair", "--topologies", "paper30", "--requests", "4", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    df = pd.read_csv(tmp_path / "repair.csv")
+    assert set(df.event) <= {"join", "leave", "link_failure"} and len(df) >= 8
+    assert (df.repair_ratio_to_opt >= 1.0 - 1e-9).all() and (df.rebuild_ratio_to_opt >= 1.0 - 1e-9).all()
+    assert "| paper30 | join |" in (tmp_path / "repair.md").read_text()
