@@ -159,3 +159,12 @@ def test_probe_and_streaks_change_only_the_slices_the_needle_crosses(small_case)
 def test_probe_can_be_switched_off_giving_ict_equal_to_clean_ict():
     c = generate_case(5, PhantomConfig.tiny().with_(with_probe=False))
     assert c.needle is None and np.array_equal(c.ict.array, c.ict_clean.array)
+
+
+@pytest.mark.slow
+def test_ci_scale_case_has_the_documented_geometry_and_consistent_ground_truth():
+    c = generate_case(held_out_seeds(1)[0], PhantomConfig.ci())
+    assert c.pct.grid.shape == (80, 96, 96) and c.ict.grid.shape == (66, 96, 96) and c.pmr.grid.shape == (40, 96, 96)
+    liver = np.isin(c.ict_labels.array, LIVER_LABELS)
+    error = np.linalg.norm(compose(c.pmr_to_pct, c.pct_to_ict).displacement_mm - c.pmr_to_ict.displacement_mm, axis=-1)
+    assert error[liver].max() < 0.2

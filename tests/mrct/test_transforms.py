@@ -150,3 +150,25 @@ def test_bad_shapes_raise_geometry_errors():
         Image(np.zeros((4, 4)), grid)
     with pytest.raises(GeometryError):
         Grid((4, 4, 4), (1.0, 1.0, 1.0), direction=(1, 1, 0, 0, 1, 0, 0, 0, 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    spacing=st.tuples(*[st.floats(0.3, 6.0)] * 3),
+    origin=st.tuples(*[st.floats(-300.0, 300.0)] * 3),
+    angles=st.tuples(*[st.floats(-np.pi, np.pi)] * 3),
+    index=st.tuples(*[st.floats(-5.0, 50.0)] * 3),
+)
+def test_index_to_physical_and_back_is_the_identity_for_any_grid(spacing, origin, angles, index):
+    grid = Grid((8, 9, 10), spacing, origin, tuple(rotation_matrix(np.asarray(angles)).ravel()))
+    point = grid.index_to_physical(np.asarray(index))
+    assert np.allclose(grid.physical_to_index(point), index, atol=1e-6)
+
+
+def test_fields_on_different_grids_cannot_be_compared():
+    from mrct_registration.metrics import endpoint_error_mm
+
+    a = DisplacementField.identity(_grid())
+    b = DisplacementField.identity(Grid((20, 24, 28), (2.0, 1.5, 3.0), (0.0, 0.0, 0.0)))
+    with pytest.raises(GeometryError, match="one grid"):
+        endpoint_error_mm(a, b)
