@@ -41,6 +41,7 @@ class Task:
     def images(self, case: PhantomCase) -> tuple[Image, Image]:
         return getattr(case, self.fixed), getattr(case, self.moving)
 
+    # the clean iCT shares the iCT's grid, labels and landmarks
     def labels(self, case: PhantomCase) -> tuple[Image, Image]:
         return getattr(case, f"{self.fixed.removesuffix('_clean')}_labels"), getattr(case, f"{self.moving}_labels")
 

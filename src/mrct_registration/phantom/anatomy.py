@@ -245,6 +245,7 @@ def sample_anatomy(rng: np.random.Generator, n_tumours: int | None = None) -> An
         wavevectors_per_mm=k_dir * (2 * np.pi / rng.uniform(90.0, 180.0, size=(m, 1))),
         phases=rng.uniform(0, 2 * np.pi, size=m),
     )
+    # the body and liver alone, so that vessels and tumours can be grown and placed inside the liver
     partial = Anatomy((ax, ay), fat, lobes, warp, (), (), np.zeros((0, 3)), Ellipsoid((0, 0, 0), (1, 1, 1)), (),
                       (0.0, 0.0), 1.0, (), None)
     vessels, bifurcations = _grow_vessel_tree(partial.in_liver, rng, depth=3)
