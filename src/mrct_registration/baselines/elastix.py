@@ -7,6 +7,8 @@ points (the ITK convention, which is ours).
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 
 from ..errors import RegistrationFailedError
@@ -72,8 +74,11 @@ class ElastixBsplineRegistration:
             except Exception as exc:  # itk raises RuntimeError with elastix's log message
                 raise RegistrationFailedError(f"elastix failed: {exc}") from exc
         with timer.stage("to_field"):
-            deformation = itk.transformix_deformation_field(m, result_params)
-            array = np.asarray(itk.GetArrayFromImage(deformation), dtype=np.float32)
+            # transformix also writes the field to its output directory (default: the working
+            # directory); keep it out of the user's way
+            with tempfile.TemporaryDirectory(prefix="mrct-transformix-") as scratch:
+                deformation = itk.transformix_deformation_field(m, result_params, output_directory=scratch)
+                array = np.asarray(itk.GetArrayFromImage(deformation), dtype=np.float32)
             if array.shape != (*fixed.grid.shape, 3):
                 raise RegistrationFailedError(f"transformix returned a field of shape {array.shape}, expected "
                                               f"{(*fixed.grid.shape, 3)}")
