@@ -1,7 +1,10 @@
 """Topology invariants: the paper's networks exactly as published, real and synthetic graphs partitioned."""
 
 import networkx as nx
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdwn_multicast.topology import (
     PAPER_INTER_DOMAIN_LINKS,
@@ -97,3 +100,19 @@ def test_unknown_topology_name_raises_a_specific_error():
 def test_partition_rejects_more_domains_than_nodes():
     with pytest.raises(TopologyError):
         partition_domains(nx.path_graph(3), 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 40), extra=st.integers(0, 40), k=st.integers(1, 8), seed=st.integers(0, 1000))
+def test_partition_of_any_connected_graph_gives_k_nonempty_connected_domains(n, extra, k, seed):
+    g = nx.random_labeled_tree(n, seed=seed) if hasattr(nx, "random_labeled_tree") else nx.random_tree(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(extra):
+        u, v = rng.integers(n, size=2)
+        if u != v:
+            g.add_edge(int(u), int(v))
+    k = min(k, n)
+    part = partition_domains(g, k, seed=seed)
+    assert set(part) == set(g.nodes) and set(part.values()) == set(range(k))
+    for d in range(k):
+        assert nx.is_connected(g.subgraph([v for v in g if part[v] == d]))
