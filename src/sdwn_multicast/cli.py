@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weight", choices=["inv_bw", "delay_ms", "loss_cost", "hops"])
     sp.add_argument("--domains", type=int)
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", default="sdwn_eval_out")
+    sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_eval)
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topologies", nargs="+", default=["paper30", "geant", "germany50"])
     sp.add_argument("--requests", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default="sdwn_eval_out")
+    sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_repair)
 
