@@ -17,7 +17,7 @@ import importlib
 __version__ = "0.1.0"
 
 # Exported lazily: importing the package stays cheap and does not load SimpleITK/ITK before the CLI has set
-# ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS and ANTS_RANDOM_SEED.
+# ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS (--threads; the ANTs seed is set in baselines/ants.py).
 _EXPORTS = {
     "METHOD_NAMES": "baselines", "get_method": "baselines", "Grid": "image", "Image": "image", "read_image": "io",
     "write_image": "io", "PhantomConfig": "phantom", "generate_case": "phantom", "DisplacementField": "transforms",

@@ -1,6 +1,7 @@
 """Command line entry point ``mrct-reg``.
 
     mrct-reg eval --quick                        # 3 small held-out phantoms, a few methods, < 5 min on 2 cores
+    mrct-reg eval --quick --threads 2            # faster, but ANTs results then vary slightly from run to run
     mrct-reg eval --method all --cases 20        # the baseline table (writes per_case.csv, summary.md, figures/)
     mrct-reg eval --method ants-syncc --task pct-ict
     mrct-reg phantom --seed 100000 --out out/case100000
@@ -14,15 +15,28 @@ import os
 import sys
 from pathlib import Path
 
-# Reproducible, bounded classical baselines (set before ITK/ANTs are imported; a caller's value wins).
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
-os.environ.setdefault("ANTS_RANDOM_SEED", "20190731")
+from .errors import MrctError
 
-from .errors import MrctError  # noqa: E402
+ITK_THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 DEFAULT_METHODS = ("identity", "sitk-rigid-mi", "ants-rigid", "ants-syn-mi", "elastix-bspline-mi", "ants-two-stage")
 QUICK_METHODS = ("identity", "sitk-rigid-mi", "ants-rigid", "ants-syn-mi")
 SIZES = ("tiny", "small", "ci", "large")
+
+
+def _set_itk_threads(threads: int | None) -> str:
+    """Set the ITK thread count for this process (SimpleITK, ANTs, elastix) before any of them runs.
+
+    ``--threads N`` wins; otherwise a value the caller put in ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS; otherwise
+    1, the only setting under which ANTs registrations are exactly repeatable (the seed alone is not enough
+    with several threads). ITK reads the variable once per process, when it first runs a filter, so this
+    only takes effect in a process that has not run a registration yet. Returns the value in effect.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise MrctError(f"--threads must be >= 1, got {threads}")
+        os.environ[ITK_THREADS_VAR] = str(threads)
+    return os.environ.setdefault(ITK_THREADS_VAR, "1")
 
 
 def _phantom_config(size: str):
@@ -57,19 +71,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
     from tqdm import tqdm
 
-    from .evaluation import TASKS, EvalConfig, run_evaluation
-    from .phantom import held_out_seeds
+    from .evaluation import EvalConfig, run_evaluation
+    from .phantom import HELD_OUT_SEEDS, held_out_seeds
 
-    if args.task not in TASKS:
-        raise MrctError(f"unknown task {args.task!r}; choose from {', '.join(TASKS)}")
     methods = _methods(args.method, args.quick)
-    cases = args.cases or (3 if args.quick else 20)
-    size = args.size or ("small" if args.quick else "ci")
-    out = Path(args.out or ("out/mrct_eval_quick" if args.quick else "out/mrct_eval"))
+    cases = args.cases if args.cases is not None else (3 if args.quick else 20)
+    if not 1 <= cases <= len(HELD_OUT_SEEDS):
+        raise MrctError(f"--cases must be between 1 and {len(HELD_OUT_SEEDS)} (the held-out seed range "
+                        f"{HELD_OUT_SEEDS.start}..{HELD_OUT_SEEDS.stop - 1}), got {cases}")
+    size = args.size if args.size is not None else ("small" if args.quick else "ci")
+    out = Path(args.out if args.out is not None else ("out/mrct_eval_quick" if args.quick else "out/mrct_eval"))
+    # EvalConfig checks the task, the methods and their combination before any case is generated
     config = EvalConfig(methods=methods, seeds=tuple(held_out_seeds(cases)), phantom=_phantom_config(size), out_dir=out,
                         task=args.task, figure_cases=args.figure_cases, resume=args.resume)
+    threads = os.environ[ITK_THREADS_VAR]
+    mode = "repeatable" if threads == "1" else "faster; ANTs results vary slightly run to run"
     console = Console(stderr=True)
-    console.print(f"[bold]mrct-reg eval[/]: task {args.task}, {cases} held-out cases ({size}), methods {', '.join(methods)}")
+    console.print(f"[bold]mrct-reg eval[/]: task {args.task}, {cases} held-out cases ({size}), methods {', '.join(methods)}, "
+                  f"ITK threads {threads} ({mode})")
     per_case = run_evaluation(config, progress=lambda pairs: tqdm(pairs, desc="cases x methods", unit="reg", file=sys.stderr))
     console.print(Markdown((out / "summary.md").read_text()))
     console.print(f"wrote {out / 'per_case.csv'}, {out / 'landmarks.csv'}, {out / 'summary.md'}, {out / 'figures'}")
@@ -95,27 +114,33 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
     from .baselines import ChainRegistration, get_method
-    from .io import read_image, write_image
+    from .io import check_output_path, read_image, write_image, write_sitk
     from .transforms import field_to_sitk, warp_image
 
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    # everything that can be checked is checked before the (possibly long) registration
+    check_output_path(args.out, allow_dicom=False)
+    if args.warped:
+        check_output_path(args.warped)
     method = get_method(args.method)
-    if isinstance(method, ChainRegistration):
-        if not args.intermediate:
-            raise MrctError(f"{args.method} registers through an intermediate image (the pCT): pass --intermediate")
+    chained = isinstance(method, ChainRegistration)
+    if chained and not args.intermediate:
+        raise MrctError(f"{args.method} registers through an intermediate image (the pCT): pass --intermediate")
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    if chained:
         result = method.register_via(fixed, read_image(args.intermediate), moving)
     else:
         result = method.register(fixed, moving)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(field_to_sitk(result.field), str(args.out))
+    write_sitk(field_to_sitk(result.field), args.out)
     if args.warped:
         write_image(warp_image(moving, result.field), args.warped)
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_seconds.items())
     print(f"{result.method}: field (fixed grid, x_moving = x + u(x), mm) written to {args.out}; {stages}")
     return 0
+
+
+THREADS_HELP = ("ITK threads for the registrations (default 1, or ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS if set): "
+                "1 makes ANTs runs exactly repeatable; more is faster but ANTs results then vary slightly run to run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default out/mrct_eval or out/mrct_eval_quick)")
     ev.add_argument("--figure-cases", type=int, default=3, help="cases that get overlay/checkerboard PNGs")
     ev.add_argument("--resume", action="store_true", help="keep rows already in per_case.csv and skip those runs")
+    ev.add_argument("--threads", type=int, help=THREADS_HELP)
     ev.set_defaults(func=_cmd_eval)
 
     ph = sub.add_parser("phantom", help="generate one phantom case and write its images, labels, fields, landmarks")
@@ -147,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--intermediate", help="the pCT, for chained methods (ants-two-stage)")
     rg.add_argument("--out", required=True, help="displacement field file (.nii.gz / .mha / .nrrd)")
     rg.add_argument("--warped", help="optional file for the moving image resampled onto the fixed grid")
+    rg.add_argument("--threads", type=int, help=THREADS_HELP)
     rg.set_defaults(func=_cmd_register)
     return parser
 
@@ -155,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     try:
+        if hasattr(args, "threads"):
+            _set_itk_threads(args.threads)
         return int(args.func(args))
     except (MrctError, FileNotFoundError) as exc:
         print(f"mrct-reg: error: {exc}", file=sys.stderr)

@@ -22,5 +22,16 @@ class UnknownMethodError(MrctError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownTaskError(MrctError, KeyError):
+    """An evaluation task name that is not in :data:`mrct_registration.evaluation.TASKS`."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SeedRangeError(MrctError, ValueError):
+    """A request for more phantom seeds than a seed range holds, or for seeds outside it."""
+
+
 class RegistrationFailedError(MrctError, RuntimeError):
     """A classical registration backend (SimpleITK, ANTs, elastix) failed or returned nothing usable."""

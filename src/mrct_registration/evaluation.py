@@ -10,6 +10,7 @@ watched and resumed; ``summary.md`` and the figures are written at the end.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from scipy import stats
 
 from .baselines import ChainRegistration, get_method
 from .baselines.base import RegistrationResult
-from .errors import MrctError
+from .errors import MrctError, UnknownTaskError
 from .image import Image
 from .metrics import dice, endpoint_error_mm, folding_percent, hausdorff95_mm, target_registration_errors_mm
 from .phantom import LIVER_LABELS, PhantomCase, PhantomConfig, Tissue, generate_case
@@ -192,8 +193,6 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "default")
     return f"{model}, {cores} cores available, ITK threads {threads}, Python {platform.python_version()}"
@@ -213,15 +212,46 @@ class EvalConfig:
     resume: bool = False
     reference: str = "ants-syn-mi"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        check_methods_for_task(self.methods, self.task)
+        if not self.seeds:
+            raise MrctError("no seeds to evaluate; pass at least one case")
+        if self.figure_cases < 0:
+            raise MrctError(f"figure_cases must be >= 0, got {self.figure_cases}")
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; raises :class:`UnknownTaskError` listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(f"unknown task {name!r}; choose from {', '.join(TASKS)}") from None
+
+
+def check_methods_for_task(methods: Sequence[str], task_name: str) -> dict[str, object]:
+    """Validate a method list against a task before any work; returns the method objects by name.
+
+    Unknown task or method names raise :class:`UnknownTaskError` / ``UnknownMethodError``; a chained method
+    (which registers through an intermediate image, the pCT) on a task without one raises :class:`MrctError`.
+    """
+    task = get_task(task_name)
+    if not methods:
+        raise MrctError("no methods to evaluate; pass at least one method")
+    resolved = {name: get_method(name) for name in methods}
+    chained = [name for name, method in resolved.items() if isinstance(method, ChainRegistration)]
+    if chained and task.intermediate is None:
+        raise MrctError(f"{', '.join(chained)} register(s) through an intermediate image (the pCT); task {task.name} "
+                        f"has none, use a task with one ({', '.join(n for n, t in TASKS.items() if t.intermediate)})")
+    return resolved
+
 
 def run_evaluation(config: EvalConfig, progress: Callable[[Sequence], Sequence] | None = None) -> pd.DataFrame:
     """Run every method on every seed's case, append rows as they come, then write the summary and figures."""
     from . import figures
 
-    if config.task not in TASKS:
-        raise KeyError(f"unknown task {config.task!r}; choose from {', '.join(TASKS)}")
-    task = TASKS[config.task]
-    methods = {name: get_method(name) for name in config.methods}  # fail on an unknown name before any work
+    task = TASKS[config.task]  # EvalConfig checked the task, the method names and their combination
+    methods = {name: get_method(name) for name in config.methods}
     out = Path(config.out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     case_csv, landmark_csv = out / "per_case.csv", out / "landmarks.csv"
@@ -239,9 +269,7 @@ def run_evaluation(config: EvalConfig, progress: Callable[[Sequence], Sequence] 
             case = generate_case(seed, config.phantom)
         fixed, moving = task.images(case)
         method = methods[name]
-        if isinstance(method, ChainRegistration):
-            if task.intermediate is None:
-                raise MrctError(f"{name} registers through an intermediate image; task {task.name} has none")
+        if isinstance(method, ChainRegistration):  # check_methods_for_task made sure the task has an intermediate
             result = method.register_via(fixed, getattr(case, task.intermediate), moving)
         else:
             result = method.register(fixed, moving)

@@ -59,6 +59,43 @@ def grid_to_sitk_reference(grid: Grid, pixel_type: int = sitk.sitkFloat32) -> si
     return ref
 
 
+def _itk_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # ITK messages start with the source location; the useful part is the last non-empty line
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_sitk(path: str | Path, pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
+    """``sitk.ReadImage`` with a clear :class:`ImageFormatError` naming the file when it cannot be read."""
+    try:
+        return sitk.ReadImage(str(path), pixel_type)
+    except RuntimeError as exc:
+        raise ImageFormatError(f"cannot read {path} as an image (corrupt or unsupported file): {_itk_message(exc)}") from exc
+
+
+def write_sitk(image: sitk.Image, path: str | Path) -> Path:
+    """``sitk.WriteImage`` by suffix (checked first) with a clear :class:`ImageFormatError` naming the file."""
+    path = Path(path)
+    check_output_path(path, allow_dicom=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sitk.WriteImage(image, str(path))
+    except RuntimeError as exc:
+        raise ImageFormatError(f"cannot write an image to {path}: {_itk_message(exc)}") from exc
+    return path
+
+
+def check_output_path(path: str | Path, allow_dicom: bool = True) -> Path:
+    """Raise :class:`ImageFormatError` unless ``path`` has a suffix :func:`write_image` can write (or, with
+    ``allow_dicom``, no suffix: a DICOM series folder). Call it before expensive work."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in SITK_SUFFIXES or (allow_dicom and suffix == ""):
+        return path
+    folder = " or a folder (DICOM series)" if allow_dicom else ""
+    raise ImageFormatError(f"unknown image format {suffix!r} for {path}; use one of {', '.join(SITK_SUFFIXES)}{folder}")
+
+
 def to_sitk(image: Image) -> sitk.Image:
     out = sitk.GetImageFromArray(np.ascontiguousarray(image.array))
     out.SetSpacing(image.grid.spacing_mm)
@@ -82,7 +119,7 @@ def read_image(path: str | Path, volume: int | None = None) -> Image:
         return read_dicom_series([path])
     if suffix not in SITK_SUFFIXES:
         raise ImageFormatError(f"unknown image format {suffix!r} for {path}; use one of {SITK_SUFFIXES + DICOM_SUFFIXES}")
-    image = sitk.ReadImage(str(path))
+    image = read_sitk(path)
     if image.GetDimension() == 4:
         if volume is None:
             raise GeometryError(f"{path} is 4D ({image.GetSize()}); pass volume=<index> to pick one 3D volume")
@@ -95,15 +132,10 @@ def read_image(path: str | Path, volume: int | None = None) -> Image:
 
 def write_image(image: Image, path: str | Path) -> Path:
     """Write NIfTI/MHA/NRRD by suffix; a path without a known suffix is written as a DICOM series folder."""
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix in SITK_SUFFIXES:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(to_sitk(image), str(path))
-        return path
-    if suffix == "":
-        return write_dicom_series(image, path)
-    raise ImageFormatError(f"unknown image format {suffix!r} for {path}; use one of {SITK_SUFFIXES} or a folder")
+    path = check_output_path(path)
+    if _suffix(path) in SITK_SUFFIXES:
+        return write_sitk(to_sitk(image), path)
+    return write_dicom_series(image, path)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
@@ -155,7 +187,10 @@ def read_dicom_series(source: Path | list[Path], series_uid: str | None = None) 
         dz = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
     slices = []
     for ds in datasets:
-        pixels = ds.pixel_array.astype(np.float32)
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except Exception as exc:  # pydicom raises several types for truncated or unsupported pixel data
+            raise ImageFormatError(f"cannot decode the pixel data of {ds.filename or source}: {exc}") from exc
         slope = float(ds.get("RescaleSlope", 1.0))
         intercept = float(ds.get("RescaleIntercept", 0.0))
         slices.append(pixels * slope + intercept)

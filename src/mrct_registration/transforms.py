@@ -159,26 +159,38 @@ def invert_points(point_map: PointMap, targets_mm: np.ndarray, iterations: int =
     """Solve point_map(z) = t for z by fixed-point iteration z <- z - (point_map(z) - t).
 
     Converges when point_map = id + u with |grad u| < 1 (a diffeomorphism close to identity), which holds
-    for the smooth phantom motions and for regularised registrations.
+    for the smooth phantom motions and for regularised registrations. Raises :class:`GeometryError` naming
+    the largest residual |point_map(z) - t| when it is still above ``tol_mm`` after ``iterations`` steps
+    (a map that is not contractive there, e.g. folding or very large local deformation).
     """
     targets_mm = np.asarray(targets_mm, dtype=np.float64)
     z = targets_mm.copy()
+    worst = float("inf")
     for _ in range(iterations):
         residual = point_map(z) - targets_mm
+        worst = float(np.max(np.abs(residual))) if residual.size else 0.0
+        if worst < tol_mm:
+            return z
         z -= residual
-        if np.max(np.abs(residual)) < tol_mm:
-            break
+    residual = point_map(z) - targets_mm
+    worst = float(np.max(np.abs(residual))) if residual.size else 0.0
+    if not worst < tol_mm:  # also catches NaN
+        raise GeometryError(f"inversion did not converge: largest residual {worst:.3g} mm after {iterations} "
+                            f"fixed-point iterations (tolerance {tol_mm:g} mm); the map is not close enough to a "
+                            f"diffeomorphism near the identity (|grad u| >= 1 somewhere)")
     return z
 
 
-def invert(field: DisplacementField, grid: Grid | None = None, iterations: int = 50) -> DisplacementField:
+def invert(field: DisplacementField, grid: Grid | None = None, iterations: int = 50,
+           tol_mm: float = 1e-4) -> DisplacementField:
     """The inverse field w on ``grid`` (default: the field's own grid): x_fixed = x_moving + w(x_moving).
 
-    Fixed-point iteration w(y) <- -u(y + w(y)), i.e. :func:`invert_points` applied to every voxel centre.
+    Fixed-point iteration w(y) <- -u(y + w(y)), i.e. :func:`invert_points` applied to every voxel centre;
+    raises :class:`GeometryError` when it does not converge to ``tol_mm``.
     """
     grid = grid or field.grid
     y = grid.physical_points()
-    z = invert_points(field.map_points, y, iterations=iterations)
+    z = invert_points(field.map_points, y, iterations=iterations, tol_mm=tol_mm)
     return DisplacementField((z - y).astype(np.float32), grid)
 
 

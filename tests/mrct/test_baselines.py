@@ -10,7 +10,7 @@ import pytest
 
 from mrct_registration.baselines import METHOD_NAMES, Registration, get_method
 from mrct_registration.baselines.sitk_rigid import SitkRigidRegistration
-from mrct_registration.errors import GeometryError, UnknownMethodError
+from mrct_registration.errors import GeometryError, RegistrationFailedError, UnknownMethodError
 from mrct_registration.image import Grid, Image
 from mrct_registration.io import read_image
 from mrct_registration.metrics import endpoint_error_mm
@@ -86,6 +86,26 @@ def test_backend_output_is_converted_to_our_convention_on_a_known_shift_of_a_rea
     brain = fixed.array > 0.2 * fixed.array.max()
     mean_shift = result.field.displacement_mm[brain].mean(axis=0)
     assert np.all(np.abs(mean_shift - SHIFT_MM) < 1.0), mean_shift  # a sign or axis mix-up would be >= 6 mm off
+
+
+def test_elastix_field_on_a_grid_other_than_the_fixed_one_is_rejected(monkeypatch):
+    import itk
+
+    from mrct_registration.baselines.elastix import ElastixBsplineRegistration, itk_grid, to_itk
+
+    fixed = _bundled_brain()
+    assert itk_grid(to_itk(fixed)).matches(fixed.grid, atol_mm=1e-6)
+    original = itk.transformix_deformation_field
+
+    def shifted_origin(*args, **kwargs):  # same array shape, origin 5 mm off
+        field = original(*args, **kwargs)
+        field.SetOrigin([float(v) + 5.0 for v in field.GetOrigin()])
+        return field
+
+    monkeypatch.setattr(itk, "transformix_deformation_field", shifted_origin)
+    quick = ElastixBsplineRegistration(iterations=2, resolutions=1, samples=256)
+    with pytest.raises(RegistrationFailedError, match="expected shape .* on the fixed grid"):
+        quick.register(fixed, fixed)
 
 
 def test_ants_rigid_output_is_converted_to_our_convention_on_a_known_shift_of_a_phantom_ct(small_case):

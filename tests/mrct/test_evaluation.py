@@ -10,11 +10,12 @@ import pytest
 
 from mrct_registration.baselines.base import RegistrationResult
 from mrct_registration.cli import main
-from mrct_registration.errors import GeometryError
-from mrct_registration.evaluation import TASKS, paired_comparison, score_case
+from mrct_registration.errors import GeometryError, MrctError, UnknownMethodError, UnknownTaskError
+from mrct_registration.evaluation import TASKS, EvalConfig, paired_comparison, score_case
 from mrct_registration.image import Grid
 from mrct_registration.io import read_image
 from mrct_registration.metrics import dice, folding_percent, hausdorff95_mm
+from mrct_registration.phantom import PhantomConfig
 from mrct_registration.transforms import DisplacementField
 
 
@@ -82,6 +83,26 @@ def test_eval_rejects_unknown_methods_and_tasks_with_a_message(capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["eval", "--task", "mr-us"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_eval_config_checks_task_names_and_chained_methods_before_any_case_is_generated(monkeypatch, tmp_path):
+    import mrct_registration.evaluation as evaluation
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a case was generated before the configuration was checked")
+
+    monkeypatch.setattr(evaluation, "generate_case", no_generation)
+    common = {"seeds": (100000,), "phantom": PhantomConfig.tiny(), "out_dir": tmp_path}
+    with pytest.raises(UnknownTaskError, match="unknown task 'mr-us'; choose from pmr-ict") as info:
+        EvalConfig(methods=("identity",), task="mr-us", **common)
+    assert isinstance(info.value, MrctError)
+    with pytest.raises(MrctError, match="ants-two-stage .*intermediate image.*task pct-ict has none"):
+        EvalConfig(methods=("identity", "ants-two-stage"), task="pct-ict", **common)
+    with pytest.raises(UnknownMethodError):
+        EvalConfig(methods=("flirt",), **common)
+    with pytest.raises(MrctError, match="no seeds"):
+        EvalConfig(methods=("identity",), **{**common, "seeds": ()})
+    assert EvalConfig(methods=("ants-two-stage",), task="pmr-ict", **common).task == "pmr-ict"
 
 
 def test_phantom_and_register_commands_round_trip_through_files(tmp_path, capsys):

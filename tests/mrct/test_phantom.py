@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mrct_registration.errors import MrctError, SeedRangeError
 from mrct_registration.phantom import (
     HELD_OUT_SEEDS,
     LIVER_LABELS,
@@ -14,6 +15,7 @@ from mrct_registration.phantom import (
     Tissue,
     generate_case,
     held_out_seeds,
+    train_seeds,
 )
 from mrct_registration.phantom.probe import crossed_slices
 from mrct_registration.transforms import compose, jacobian_determinant, sample_image, warp_image
@@ -41,6 +43,21 @@ def test_train_validation_and_held_out_seed_ranges_are_disjoint_and_held_out_has
     assert len(held_out_seeds(20)) == 20 and set(held_out_seeds(20)) <= test
     with pytest.raises(ValueError):
         held_out_seeds(0)
+
+
+@pytest.mark.parametrize(("n", "start"), [(0, 0), (-1, 0), (1, -1), (2, len(TRAIN_SEEDS) - 1), (len(TRAIN_SEEDS) + 1, 0)])
+def test_train_seeds_outside_the_training_range_are_rejected(n, start):
+    with pytest.raises(SeedRangeError, match="training range"):
+        train_seeds(n, start=start)
+
+
+def test_train_and_held_out_seed_requests_never_overlap_and_bad_counts_raise_an_mrct_error():
+    every_train = set(train_seeds(len(TRAIN_SEEDS)))
+    assert every_train == set(TRAIN_SEEDS) and not every_train & set(held_out_seeds(len(HELD_OUT_SEEDS)))
+    assert train_seeds(1, start=len(TRAIN_SEEDS) - 1) == [TRAIN_SEEDS[-1]]
+    for n in (0, len(HELD_OUT_SEEDS) + 1):
+        with pytest.raises(MrctError, match="held-out range"):
+            held_out_seeds(n)
 
 
 def test_case_has_every_image_label_map_and_geometry_as_configured(small_case):

@@ -19,6 +19,7 @@ from mrct_registration.transforms import (
     compose,
     field_from_sitk_transform,
     invert,
+    invert_points,
     jacobian_determinant,
     warp_image,
     warp_labels,
@@ -95,6 +96,23 @@ def test_inverse_composed_with_field_is_identity(seed, amplitude):
     inverse = invert(field)
     round_trip = compose(inverse, field)  # x -> x + u(x) -> back
     assert np.abs(round_trip.displacement_mm[3:-3, 3:-3, 3:-3]).max() < 0.05
+
+
+@pytest.mark.parametrize("point_map", [lambda z: -z, lambda z: 3.0 * z + 1.0, lambda z: z + np.nan],
+                         ids=["mirror", "expanding", "nan"])
+def test_inversion_of_a_non_contractive_map_raises_naming_the_residual(point_map):
+    targets = np.random.default_rng(0).uniform(-20.0, 20.0, (5, 3))
+    with pytest.raises(GeometryError, match="did not converge: largest residual"):
+        invert_points(point_map, targets)
+
+
+def test_field_inversion_reports_non_convergence_instead_of_returning_a_wrong_inverse():
+    grid = _grid()
+    field = _smooth_field(grid, 0, 1.0)
+    inverse = invert(field, tol_mm=1e-4)  # contractive: converges
+    assert np.isfinite(inverse.displacement_mm).all()
+    with pytest.raises(GeometryError, match="after 2 fixed-point iterations"):
+        invert(field, iterations=2, tol_mm=1e-9)
 
 
 def test_compose_with_identity_returns_the_field():

@@ -3,8 +3,16 @@ pMR -> iCT, and SyN with cross-correlation (CC) for CT-CT.
 
 ANTs' forward transforms map fixed points to moving points, our convention; antsApplyTransforms composes
 the whole list (affine + warp) into one displacement field on the fixed grid, which is read back as a
-:class:`DisplacementField`. Runs are made reproducible with ``ANTS_RANDOM_SEED`` (set here if unset) and
-the thread count with ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``.
+:class:`DisplacementField`.
+
+Reproducibility. :data:`ANTS_SEED` is the one random seed of the ANTs baselines: every registration passes it
+to antsRegistration (``--random-seed``, through antspyx's ``ants.config``; with an older antspyx, through
+``ANTS_RANDOM_SEED``). That fixes the metric sampling, but with more than one ITK thread the multi-threaded
+metric sums still differ from run to run (about ±0.01 liver Dice per case for SyN-MI). Exactly repeatable
+runs need one ITK thread: ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1`` set before ANTs runs its first
+registration in the process (``mrct-reg eval`` and ``register`` do this by default; ``--threads N`` trades
+repeatability for speed). antspyx's own ``set_ants_deterministic(on=True)`` is not used: it also forces
+one thread but refuses every transform type except its ``antsRegistrationSyN*Repro`` presets.
 """
 
 from __future__ import annotations
@@ -21,7 +29,19 @@ from ..image import Image
 from ..transforms import DisplacementField, field_from_sitk
 from .base import RegistrationResult, StageTimer, check_pair
 
-os.environ.setdefault("ANTS_RANDOM_SEED", "20190731")
+ANTS_SEED = 20190731
+
+
+def seed_ants() -> None:
+    """Make the next ANTs registrations use :data:`ANTS_SEED` (the only place the ANTs seed is set)."""
+    import ants
+
+    config = getattr(ants, "config", None)
+    if config is not None and hasattr(config, "set_ants_deterministic"):
+        # on=False sets only the seed: on=True would refuse our "Rigid"/"SyN" transform types (see above)
+        config.set_ants_deterministic(on=False, seed_value=ANTS_SEED)
+    else:
+        os.environ["ANTS_RANDOM_SEED"] = str(ANTS_SEED)
 
 
 def to_ants(image: Image):
@@ -65,6 +85,7 @@ class AntsRegistration:
         import ants
 
         check_pair(fixed, moving)
+        seed_ants()
         timer = StageTimer()
         with tempfile.TemporaryDirectory(prefix="mrct_ants_") as tmp:
             workdir = Path(tmp)

@@ -11,10 +11,28 @@ import tempfile
 
 import numpy as np
 
-from ..errors import RegistrationFailedError
-from ..image import Image
+from ..errors import MrctError, RegistrationFailedError
+from ..image import Grid, Image
 from ..transforms import DisplacementField
 from .base import RegistrationResult, StageTimer, check_pair
+
+
+def _load_itk_elastix() -> None:
+    """Warm-up: itk loads its wrapped modules lazily on first attribute access, and the elastix module takes
+    seconds to load. Touch it once here so that this load is not counted in the timed stages."""
+    import itk
+
+    itk.ParameterObject.New()
+
+
+def itk_grid(image) -> Grid:
+    """The :class:`Grid` (shape, spacing, origin, direction) of an itk image."""
+    import itk
+
+    size = [int(v) for v in image.GetLargestPossibleRegion().GetSize()]  # (x, y, z)
+    return Grid(tuple(size[::-1]), tuple(float(v) for v in image.GetSpacing()),
+                tuple(float(v) for v in image.GetOrigin()),
+                tuple(np.asarray(itk.GetArrayFromMatrix(image.GetDirection()), dtype=np.float64).ravel()))
 
 
 def to_itk(image: Image):
@@ -60,10 +78,10 @@ class ElastixBsplineRegistration:
         return params
 
     def register(self, fixed: Image, moving: Image) -> RegistrationResult:
-        import itk  # imported before timing: itk loads its modules lazily (seconds on first use)
+        import itk
 
         check_pair(fixed, moving)
-        itk.ParameterObject.New()
+        _load_itk_elastix()  # before timing
         timer = StageTimer()
         with timer.stage("prepare"):
             f, m = to_itk(fixed), to_itk(moving)
@@ -79,7 +97,12 @@ class ElastixBsplineRegistration:
             with tempfile.TemporaryDirectory(prefix="mrct-transformix-") as scratch:
                 deformation = itk.transformix_deformation_field(m, result_params, output_directory=scratch)
                 array = np.asarray(itk.GetArrayFromImage(deformation), dtype=np.float32)
-            if array.shape != (*fixed.grid.shape, 3):
-                raise RegistrationFailedError(f"transformix returned a field of shape {array.shape}, expected "
-                                              f"{(*fixed.grid.shape, 3)}")
+                try:
+                    grid = itk_grid(deformation)
+                except MrctError as exc:
+                    raise RegistrationFailedError(f"transformix returned a field with an unusable grid: {exc}") from exc
+            # the field is attached to the fixed grid below: its whole geometry must be that grid, as for ANTs
+            if array.shape != (*fixed.grid.shape, 3) or not grid.matches(fixed.grid, atol_mm=1e-2):
+                raise RegistrationFailedError(f"transformix returned a field of shape {array.shape} on {grid}; "
+                                              f"expected shape {(*fixed.grid.shape, 3)} on the fixed grid {fixed.grid}")
         return RegistrationResult(self.name, DisplacementField(array, fixed.grid), timer.seconds)

@@ -107,7 +107,7 @@ class Anatomy:
         inside = np.zeros(points_mm.shape[:-1], dtype=bool)
         for lobe in self.liver_lobes:
             inside |= lobe.contains(warped)
-        # the liver stays inside the rib cage (its wall lies fat + 14 mm under the skin)
+        # the liver stays inside the rib cage: its boundary lies fat + 16 mm under the skin (ribs at fat + 3..11 mm)
         return inside & (self._ellipse_q(points_mm, self.fat_thickness_mm + 16.0) <= 1.0)
 
     def _in_ribs(self, points_mm: np.ndarray) -> np.ndarray:

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import SimpleITK as sitk
 
-from ..io import write_image
+from ..io import write_image, write_sitk
 from ..transforms import field_to_sitk
 from .case import PhantomCase
 
@@ -18,7 +17,7 @@ def save_case(case: PhantomCase, folder: Path) -> Path:
     for name in ("pmr", "pct", "ict", "ict_clean", "pmr_labels", "pct_labels", "ict_labels", "probe_mask"):
         write_image(getattr(case, name), folder / f"{name}.nii.gz")
     for name in ("pmr_to_pct", "pct_to_ict", "pmr_to_ict"):
-        sitk.WriteImage(field_to_sitk(getattr(case, name)), str(folder / f"field_{name}.nii.gz"))
+        write_sitk(field_to_sitk(getattr(case, name)), folder / f"field_{name}.nii.gz")
     rows = []
     for image in ("pmr", "pct", "ict"):
         lm = getattr(case, f"{image}_landmarks")
