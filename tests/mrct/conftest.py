@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 # Two ITK threads keep the in-process registrations fast; ANTs results are then not bit-repeatable, which no
 # test relies on (test_cli.py checks the one-thread repeatability in subprocesses). The ANTs seed is set
@@ -11,12 +13,15 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 
 from mrct_registration.phantom import PhantomConfig, generate_case, train_seeds  # noqa: E402
 
-# no example database: hypothesis would otherwise write .hypothesis/ into the working directory
+# Nothing under .hypothesis/ in the working directory: no example database, and hypothesis' other caches
+# (e.g. the constants it collects from source files, written whatever the database) go to the temp folder.
 settings.register_profile("mrct", database=None)
 settings.load_profile("mrct")
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "mrct-hypothesis")
 
 
 @pytest.fixture(scope="session")
