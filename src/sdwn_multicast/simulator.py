@@ -37,6 +37,24 @@ PACKET_BITS = 1500 * 8
 WEIGHTS: tuple[str, ...] = ("inv_bw", "delay_ms", "loss_cost", "hops")
 
 
+def link_weights(free_bw_mbps, delay_ms, loss, up) -> dict[str, np.ndarray]:
+    """The additive weightings of :data:`WEIGHTS` for arrays of link states (inf on failed links).
+
+    The single definition of the weights: snapshots (:meth:`LinkStateSnapshot.weight_arrays`) and the
+    controllers' graphs of reported links both use it.
+    """
+    free_bw_mbps, delay_ms, loss = (np.asarray(a, dtype=float) for a in (free_bw_mbps, delay_ms, loss))
+    up = np.asarray(up, dtype=bool)
+    with np.errstate(divide="ignore"):
+        inv_bw = np.where(up, 1.0 / np.maximum(free_bw_mbps, 1e-3), np.inf)
+    return {
+        "inv_bw": inv_bw,
+        "delay_ms": np.where(up, delay_ms, np.inf),
+        "loss_cost": np.where(up, -np.log1p(-np.minimum(loss, 0.999999)), np.inf),
+        "hops": np.where(up, 1.0, np.inf),
+    }
+
+
 def diurnal_profile(peak_to_mean: float = 2.0, trough_to_mean: float = 0.2, peak_hour: int = 14
                     ) -> np.ndarray:
     """24 hourly modulation factors with mean exactly 1, maximum ``peak_to_mean``, minimum ``trough_to_mean``.
@@ -141,14 +159,7 @@ class LinkStateSnapshot:
 
     def weight_arrays(self) -> dict[str, np.ndarray]:
         """The additive weightings of :data:`WEIGHTS` per link (inf on failed links)."""
-        with np.errstate(divide="ignore"):
-            inv_bw = np.where(self.up, 1.0 / np.maximum(self.free_bw_mbps, 1e-3), np.inf)
-        return {
-            "inv_bw": inv_bw,
-            "delay_ms": np.where(self.up, self.delay_ms, np.inf),
-            "loss_cost": np.where(self.up, -np.log1p(-np.minimum(self.loss, 0.999999)), np.inf),
-            "hops": np.where(self.up, 1.0, np.inf),
-        }
+        return link_weights(self.free_bw_mbps, self.delay_ms, self.loss, self.up)
 
     def to_graph(self) -> nx.Graph:
         """The usable network: up links only, each with every field and every weighting as attributes."""

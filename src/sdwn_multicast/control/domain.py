@@ -3,6 +3,11 @@ keeps IGMP-like soft-state group membership and builds intra-domain tree segment
 
 Every domain process steps its own copy of the seeded simulator (same topology, config and seed), so
 all controllers observe one consistent simulated world while each reports only its own links.
+
+A domain controller outlives its root: when the root connection dies (closed, or silent past
+``dead_after_s``) it keeps running its domain (host joins, soft state, the simulated world), records and
+logs the root as unreachable, and reconnects with exponential backoff (``reconnect_min_s`` doubling up
+to ``reconnect_max_s``); after reconnecting it says Hello again and resumes reporting.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import networkx as nx
 from ..baselines.steiner import kmb_tree
 from ..simulator import LinkStateSimulator
 from ..topology import MultiDomainTopology
-from ..trees import MulticastError
+from .links import check_weight, domain_label, graph_from_links, link_tuples
 from .messages import (
     BoundaryInfo,
     ErrorReply,
     GroupJoin,
     GroupLeave,
+    GroupView,
     Hello,
     LinkStateReport,
     MembershipReport,
@@ -34,7 +40,6 @@ from .messages import (
     ViewReply,
 )
 from .openflow import MulticastRules, tree_rules
-from .root import domain_label, graph_from_links
 from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig, open_channel
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 
 class DomainController:
     def __init__(self, topology: MultiDomainTopology, domain: int, sync_period_s: float, faults: FaultConfig,
-                 timing: ChannelTiming, seed: int = 0):
+                 timing: ChannelTiming, seed: int = 0, reconnect_min_s: float = 0.2, reconnect_max_s: float = 5.0):
         self.topology, self.domain = topology, domain
         self.name = f"domain {domain_label(domain)}"
         self.sync_period_s = sync_period_s
@@ -50,6 +55,8 @@ class DomainController:
         self.sim = LinkStateSimulator(topology, seed=seed)
         self.nodes = set(topology.domain_nodes(domain))
         self.my_links = [i for i, (u, v) in enumerate(topology.edges) if u in self.nodes or v in self.nodes]
+        # reports are versioned (incarnation, seq) at the root: a restarted controller supersedes its old life
+        self.incarnation = time.time_ns()
         self.link_seq = 0
         self.member_seq = 0
         self.members: dict[int, dict[int, float]] = {}  # group -> member -> expiry (monotonic s)
@@ -59,31 +66,86 @@ class DomainController:
         self.installed: dict[int, TreeCommit] = {}
         self.flow_tables: dict[int, MulticastRules] = {}
         self.root: Channel | None = None
+        self.root_port = 0
+        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
+        self.root_down_since: float | None = None  # monotonic time the root connection was lost, None if up
+        self.reconnects = 0
         self.stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def root_unreachable_s(self) -> float:
+        """Seconds since the root connection was lost (0 while connected)."""
+        return 0.0 if self.root_down_since is None else time.monotonic() - self.root_down_since
+
+    def _task(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def start(self, root_port: int, host_port: int = 0) -> int:
         server = await asyncio.start_server(self._on_host, "127.0.0.1", host_port)
         self.server = server
-        self.root = await open_channel("127.0.0.1", root_port, self.name, "root", self._handle, self.faults,
-                                       self.timing)
-        self.root.on_dead = lambda ch: self.stopped.set()
-        await self.root.send(Hello("domain", self.domain, self.name))
-        inter = tuple(e for e in self.topology.inter_domain_links if e[0] in self.nodes or e[1] in self.nodes)
-        await self.root.send(BoundaryInfo(self.domain, tuple(sorted(self.topology.boundary_nodes(self.domain))),
-                                          inter))
-        asyncio.get_running_loop().create_task(self._sync_loop())
+        self.root_port = root_port
+        await self._connect_root(connect_timeout_s=5.0)
+        self._task(self._sync_loop())
         return server.sockets[0].getsockname()[1]
+
+    async def _connect_root(self, connect_timeout_s: float) -> None:
+        ch = await open_channel("127.0.0.1", self.root_port, self.name, "root", self._handle, self.faults,
+                                self.timing, connect_timeout_s=connect_timeout_s)
+        try:
+            await ch.send(Hello("domain", self.domain, self.name, self.incarnation))
+            inter = tuple(e for e in self.topology.inter_domain_links if e[0] in self.nodes or e[1] in self.nodes)
+            await ch.send(BoundaryInfo(self.domain, tuple(sorted(self.topology.boundary_nodes(self.domain))),
+                                       inter))
+        except BaseException:
+            await ch.close()
+            raise
+        ch.on_dead = self._on_root_dead
+        if not ch.alive:
+            raise ControlPlaneError(f"{self.name}: root connection died while saying Hello ({ch.dead_reason})")
+        self.root = ch
+        self.root_down_since = None
+
+    def _on_root_dead(self, ch: Channel) -> None:
+        if ch is not self.root or self.stopped.is_set():
+            return
+        self.root_down_since = time.monotonic()
+        log.warning("%s: lost the root controller (%s); reconnecting with backoff", self.name, ch.dead_reason)
+        self._task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = self.reconnect_min_s
+        while not self.stopped.is_set():
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_root(connect_timeout_s=min(delay, 1.0))
+            except ControlPlaneError as exc:
+                delay = min(2 * delay, self.reconnect_max_s)
+                log.warning("%s: root unreachable for %.1f s (%s); next attempt in %.1f s", self.name,
+                            self.root_unreachable_s, exc, delay)
+                continue
+            self.reconnects += 1
+            log.warning("%s: reconnected to the root (attempt after %.2f s backoff)", self.name, delay)
+            return
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        for t in list(self._tasks):
+            t.cancel()
+        if self.root is not None:
+            await self.root.close()
+        self.server.close()
 
     async def _on_host(self, reader, writer) -> None:
         Channel(reader, writer, self.name, "host", self._handle, self.faults, self.timing)
 
     def _report(self) -> LinkStateReport:
         snap = self.sim.snapshot
-        edges = self.topology.edges
-        links = tuple((edges[i][0], edges[i][1], float(snap.free_bw_mbps[i]), float(snap.delay_ms[i]),
-                       float(snap.loss[i]), bool(snap.up[i])) for i in self.my_links)
         self.link_seq += 1
-        return LinkStateReport(self.domain, self.link_seq, time.time(), snap.step, links)
+        return LinkStateReport(self.domain, self.link_seq, time.time(), snap.step,
+                               link_tuples(self.topology, snap, self.my_links), self.incarnation)
 
     def _membership(self) -> MembershipReport:
         now = time.monotonic()
@@ -91,14 +153,17 @@ class DomainController:
             self.members[g] = {m: exp for m, exp in self.members[g].items() if exp > now}  # soft-state expiry
         self.member_seq += 1
         groups = tuple((g, tuple(sorted(ms))) for g, ms in sorted(self.members.items()))
-        return MembershipReport(self.domain, self.member_seq, time.time(), groups)
+        return MembershipReport(self.domain, self.member_seq, time.time(), groups, self.incarnation)
 
     async def _sync_loop(self) -> None:
-        """Every sync period: advance the world one step, report link state and membership (full state)."""
-        while self.root.alive:
+        """Every sync period: advance the world one step and, while the root is connected, report link state
+        and membership (full state)."""
+        while not self.stopped.is_set():
             self.sim.step()
-            self.root.spawn(self.root.send(self._report(), timeout_s=self.sync_period_s))
-            self.root.spawn(self.root.send(self._membership(), timeout_s=self.sync_period_s))
+            root = self.root
+            if root is not None and root.alive:
+                root.spawn(root.send(self._report(), timeout_s=self.sync_period_s))
+                root.spawn(root.send(self._membership(), timeout_s=self.sync_period_s))
             await asyncio.sleep(self.sync_period_s)
 
     async def _handle(self, ch: Channel, msg) -> None:
@@ -120,13 +185,11 @@ class DomainController:
             d = self.digest
             gv = None
             if d is not None:
-                from .messages import GroupView
-
                 gv = next((GroupView(g, v, mbd) for g, v, mbd in d.group_views if g == msg.group), None)
             rules = self.flow_tables.get(msg.group)
             n_rules = len(rules.group_mods) + len(rules.flow_mods) if rules else 0
             await ch.send(ViewReply(msg.request_id, self.name, d.version if d else 0, d.link_seqs if d else (), gv,
-                                    n_rules))
+                                    n_rules, self.root_unreachable_s))
         elif isinstance(msg, SegmentRequest):
             await ch.send(self._segment(msg))
         elif isinstance(msg, TreeCommit):
@@ -138,16 +201,12 @@ class DomainController:
     def _segment(self, req: SegmentRequest):
         if req.request_id in self.segments:  # idempotent under root retries
             return self.segments[req.request_id]
-        snap = self.sim.snapshot
-        edges = self.topology.edges
-        links = [(edges[i][0], edges[i][1], float(snap.free_bw_mbps[i]), float(snap.delay_ms[i]),
-                  float(snap.loss[i]), bool(snap.up[i])) for i in self.my_links]
-        g = graph_from_links(links).subgraph(self.nodes)
+        g = graph_from_links(link_tuples(self.topology, self.sim.snapshot, self.my_links)).subgraph(self.nodes)
         g = nx.Graph(g)
         g.add_nodes_from(self.nodes)
         try:
-            tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), req.weight)
-        except MulticastError as exc:
+            tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), check_weight(req.weight))
+        except ValueError as exc:  # MulticastError or an unknown weight
             return ErrorReply(req.request_id, f"{self.name} cannot build its segment: {exc}")
         seg = TreeSegment(req.request_id, self.domain, tuple(tuple(e) for e in tree.edges))
         self.segments[req.request_id] = seg

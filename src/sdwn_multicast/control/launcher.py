@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..topology import load_topology
+from ..topology import Node, load_topology
+from ..trees import MulticastError, UnknownNodeError
+from .links import check_weight, domain_label
 from .messages import (
     ErrorReply,
     GroupJoin,
@@ -29,7 +32,6 @@ from .messages import (
     ViewQuery,
     ViewReply,
 )
-from .root import domain_label
 from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig, PeerDeadError, open_channel
 
 __all__ = ["ControlClient", "ControlPlane", "ControlPlaneError", "FaultConfig", "PeerDeadError", "RequestFailedError"]
@@ -67,7 +69,7 @@ class ControlPlane:
     def __init__(self, topology: str = "paper30", n_domains: int | None = None, sync_period_s: float = 0.5,
                  staleness_bound_s: float | None = None, faults: FaultConfig = FaultConfig(), seed: int = 0,
                  timing: ChannelTiming = ChannelTiming(), segment_timeout_s: float = 2.0,
-                 startup_timeout_s: float = 30.0):
+                 startup_timeout_s: float = 30.0, log_dir: str | os.PathLike | None = None):
         self.topology_name, self.n_domains_arg = topology, n_domains
         self.topology = load_topology(topology, n_domains=n_domains, seed=seed)
         self.sync_period_s = sync_period_s
@@ -75,7 +77,10 @@ class ControlPlane:
         self.faults, self.seed, self.timing = faults, seed, timing
         self.segment_timeout_s = segment_timeout_s
         self.startup_timeout_s = startup_timeout_s
-        self.log_dir = Path(tempfile.mkdtemp(prefix="sdwn-control-"))
+        # controller stderr logs: kept in ``log_dir`` if given, else in a temporary folder removed on close
+        self._own_log_dir = log_dir is None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="sdwn-control-")) if log_dir is None else Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.root_port = 0
         self.domain_ports: dict[int, int] = {}
@@ -86,7 +91,7 @@ class ControlPlane:
                 "--staleness-bound", str(self.staleness_bound_s), "--rto", str(self.timing.rto_s),
                 "--heartbeat", str(self.timing.heartbeat_s), "--dead-after", str(self.timing.dead_after_s),
                 "--segment-timeout", str(self.segment_timeout_s), *self.faults.to_args()]
-        if self.n_domains_arg:
+        if self.n_domains_arg is not None:
             args += ["--domains", str(self.n_domains_arg)]
         return args
 
@@ -124,8 +129,31 @@ class ControlPlane:
         """Kill one controller process by name (``root`` or ``domain<d>``); SIGSTOP freezes it instead."""
         self.procs[name].send_signal(sig)
 
-    def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.iterdir()))
+    def restart(self, name: str) -> int:
+        """Kill controller ``name`` (``root`` or ``domain<d>``) and start a new one; return its port.
+
+        A restarted domain controller is a new incarnation (its report ``seq`` starts again at 1); a
+        restarted root listens on the same port, so the domain controllers reconnect to it.
+        """
+        old = self.procs.get(name)
+        if old is not None:
+            self._stop(old)
+        if name == "root":
+            return self._spawn("root", ["root", "--port", str(self.root_port)])
+        d = int(name.removeprefix("domain"))
+        self.domain_ports[d] = self._spawn(name, ["domain", "--domain", str(d), "--root-port", str(self.root_port)])
+        return self.domain_ports[d]
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+        proc.wait(timeout=5)
+        for f in (proc.stdin, proc.stdout):
+            if f:
+                f.close()
 
     def close(self) -> None:
         for c in self._clients:
@@ -147,6 +175,8 @@ class ControlPlane:
             for f in (proc.stdin, proc.stdout):
                 if f:
                     f.close()
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     @property
     def alive(self) -> dict[str, bool]:
@@ -183,13 +213,14 @@ class ControlClient:
         elif isinstance(msg, ErrorReply):
             self.errors.append(msg)
 
-    async def _channel(self, target: str) -> Channel:
+    async def _channel(self, target: str, timeout_s: float = 10.0) -> Channel:
         ch = self.channels.get(target)
         if ch is None or not ch.alive:
             port = self.plane.root_port if target == "root" else self.plane.domain_ports[int(target[6:])]
             label = "root" if target == "root" else f"domain {domain_label(int(target[6:]))}"
+            # connect within half the request's time, so an unreachable peer is reported as such
             ch = await open_channel("127.0.0.1", port, self.name, label, self._handle, self.plane.faults,
-                                    self.plane.timing)
+                                    self.plane.timing, connect_timeout_s=min(5.0, timeout_s / 2))
             self.channels[target] = ch
             await ch.send(Hello("client", -1, self.name))
         return ch
@@ -198,7 +229,7 @@ class ControlClient:
         rid = next(self.ids)
         fut = self.loop.create_future()
         self.replies[rid] = fut
-        ch = await self._channel(target)
+        ch = await self._channel(target, timeout_s)
         watch = asyncio.ensure_future(self._dead(ch))
         try:
             await ch.send(make(rid), timeout_s=timeout_s)
@@ -218,16 +249,22 @@ class ControlClient:
             await asyncio.sleep(0.02)
 
     # ---- public API ----
+    def _domain_of(self, member: Node) -> int:
+        try:
+            return self.plane.topology.domain_of[member]
+        except KeyError:
+            raise UnknownNodeError(f"AP {member!r} is not a node of {self.plane.topology.name}") from None
+
     def join(self, group: int, member: int, ttl_s: float = 5.0, timeout_s: float = 5.0) -> None:
-        d = self.plane.topology.domain_of[member]
+        d = self._domain_of(member)
         self._run(self._send(f"domain{d}", GroupJoin(group, member, ttl_s), timeout_s), timeout_s)
 
     def leave(self, group: int, member: int, timeout_s: float = 5.0) -> None:
-        d = self.plane.topology.domain_of[member]
+        d = self._domain_of(member)
         self._run(self._send(f"domain{d}", GroupLeave(group, member), timeout_s), timeout_s)
 
     async def _send(self, target: str, msg, timeout_s: float) -> None:
-        ch = await self._channel(target)
+        ch = await self._channel(target, timeout_s)
         await ch.send(msg, timeout_s=timeout_s)
 
     def view(self, target: str = "root", group: int = -1, timeout_s: float = 5.0) -> ViewReply:
@@ -240,6 +277,15 @@ class ControlClient:
 
     def request_tree(self, group: int, source: int, weight: str = "delay_ms", timeout_s: float = 10.0
                      ) -> TreeCommit:
+        """Ask the root for ``group``'s tree from ``source``; ``weight`` is one of the simulator's ``WEIGHTS``.
+
+        Raises :class:`~sdwn_multicast.trees.MulticastError` for an unknown weight (before sending) and
+        :class:`RequestFailedError` with the root's reason when the root refuses or fails.
+        """
+        try:
+            check_weight(weight)
+        except ValueError as exc:
+            raise MulticastError(str(exc)) from None
         reply = self._run(self._request("root", lambda rid: TreeRequest(rid, group, source, weight), timeout_s),
                           timeout_s + 0.5)
         if isinstance(reply, ErrorReply):

@@ -17,11 +17,17 @@ Link = tuple  # (u, v, free_bw_mbps, delay_ms, loss, up)
 
 @dataclass(frozen=True)
 class Hello:
-    """First message on every connection: who is talking (role "domain", "client" or "root")."""
+    """First message on every connection: who is talking (role "domain", "client" or "root").
+
+    A domain controller's Hello binds its domain to the connection at the root (only reports for that
+    domain are accepted on it); ``incarnation`` is chosen when the controller starts (start time in ns),
+    so a restarted controller supersedes its previous life although its report ``seq`` restarts at 1.
+    """
 
     role: str
     domain: int = -1
     name: str = ""
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,9 @@ class Heartbeat:
 class LinkStateReport:
     """Domain -> root, every sync period: the domain's intra-domain and incident inter-domain links.
 
-    ``seq`` increases with every report of the domain; ``sent_at`` (Unix time, s) bounds staleness;
-    ``step`` is the simulator step the state comes from.
+    ``seq`` increases with every report of the domain controller's ``incarnation`` (see :class:`Hello`);
+    reports are ordered by (incarnation, seq). ``sent_at`` (Unix time, s) bounds staleness; ``step`` is
+    the simulator step the state comes from.
     """
 
     domain: int
@@ -47,6 +54,7 @@ class LinkStateReport:
     sent_at: float
     step: int
     links: tuple[Link, ...]
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class MembershipReport:
     seq: int
     sent_at: float
     groups: tuple[tuple[int, tuple[int, ...]], ...]
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ class ViewReply:
     link_seqs: tuple[tuple[int, int], ...]
     group_view: GroupView | None
     flow_rules: int = 0  # OpenFlow group + flow entries installed for the queried group (domains only)
+    root_unreachable_s: float = 0.0  # domains only: seconds since the root connection was lost (0 if up)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Process entry points: ``python -m sdwn_multicast.control.processes root|domain ...``.
 
 Each process prints ``READY <port>`` on stdout once it serves, logs to stderr, and exits when its stdin
-closes (so a crashed parent never leaves controllers behind) or when it loses the root (domains).
+closes (so a crashed parent never leaves controllers behind). A domain controller that loses the root
+keeps serving its domain and reconnects with backoff (``--reconnect-min``/``--reconnect-max``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def parse(argv):
     p.add_argument("--rto", type=float, default=0.05)
     p.add_argument("--heartbeat", type=float, default=0.1)
     p.add_argument("--dead-after", type=float, default=1.5)
+    p.add_argument("--reconnect-min", type=float, default=0.2, help="first reconnect delay after losing the root")
+    p.add_argument("--reconnect-max", type=float, default=5.0, help="reconnect backoff cap")
     return p.parse_args(argv)
 
 
@@ -62,12 +65,12 @@ async def _run(args) -> int:
         print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Event().wait()
         return 0
-    dc = DomainController(topo, args.domain, args.sync_period, faults, timing, seed=args.seed)
+    dc = DomainController(topo, args.domain, args.sync_period, faults, timing, seed=args.seed,
+                          reconnect_min_s=args.reconnect_min, reconnect_max_s=args.reconnect_max)
     port = await dc.start(args.root_port, args.port)
     print(f"READY {port}", flush=True)
     await dc.stopped.wait()
-    logging.getLogger(__name__).warning("%s: lost the root controller, exiting", dc.name)
-    return 3
+    return 0
 
 
 def main(argv=None) -> int:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 
 import networkx as nx
 
 from ..topology import MultiDomainTopology
-from ..trees import MulticastError, plan_inter_domain, prune_tree, validate_tree
+from ..trees import plan_inter_domain, prune_tree, validate_tree
+from .links import check_weight, domain_label, graph_from_links
 from .messages import (
     BoundaryInfo,
     ErrorReply,
@@ -40,22 +40,6 @@ from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig
 log = logging.getLogger(__name__)
 
 
-def domain_label(d: int) -> str:
-    """Paper numbering: domains are D1, D2, ... ."""
-    return f"D{d + 1}"
-
-
-def graph_from_links(links) -> nx.Graph:
-    """The weighted graph of reported up links (same attributes as ``LinkStateSnapshot.to_graph``)."""
-    g = nx.Graph()
-    for u, v, free, delay, loss, up in links:
-        if not up:
-            continue
-        g.add_edge(u, v, free_bw_mbps=free, delay_ms=delay, loss=loss, hops=1.0,
-                   inv_bw=1.0 / max(free, 1e-3), loss_cost=-math.log1p(-min(loss, 0.999999)))
-    return g
-
-
 class RootController:
     def __init__(self, topology: MultiDomainTopology, sync_period_s: float, staleness_bound_s: float,
                  faults: FaultConfig, timing: ChannelTiming, segment_timeout_s: float = 2.0):
@@ -66,7 +50,8 @@ class RootController:
         self.link_state = VersionedStore(staleness_bound_s)
         self.membership = VersionedStore(staleness_bound_s)
         self.boundary: dict[int, BoundaryInfo] = {}
-        self.domains: dict[int, Channel] = {}
+        self.domains: dict[int, Channel] = {}  # domain -> the channel its controller said Hello on
+        self.incarnations: dict[int, int] = {}  # domain -> incarnation of the bound controller
         self.channels: set[Channel] = set()
         self.group_views: dict[int, GroupView] = {}
         self.commits = itertools.count(1)
@@ -100,41 +85,77 @@ class RootController:
                         fut.set_exception(ControlPlaneError(f"domain {domain_label(d)} controller disconnected"))
 
     # ---- message handling ----
+    def _bind_domain(self, ch: Channel, msg: Hello) -> None:
+        d = msg.domain
+        if d not in range(self.topology.n_domains):
+            log.error("root: %s says Hello as unknown domain %s; not bound", ch.peer, d)
+            return
+        cur = self.domains.get(d)
+        if cur is not None and cur is not ch and cur.alive and msg.incarnation < self.incarnations.get(d, 0):
+            log.error("root: Hello for %s from an older incarnation (%d < %d) while the current controller is "
+                      "connected; not bound", domain_label(d), msg.incarnation, self.incarnations[d])
+            return
+        if cur is not None and cur is not ch:
+            log.warning("root: %s controller reconnected (incarnation %d, was %d)", domain_label(d),
+                        msg.incarnation, self.incarnations.get(d, 0))
+        ch.peer = f"domain {domain_label(d)}"
+        self.domains[d] = ch
+        self.incarnations[d] = msg.incarnation
+
+    def _from_domain(self, ch: Channel, domain: int, what: str) -> bool:
+        """True iff ``ch`` is the connection bound to ``domain`` (else the message is logged and dropped)."""
+        if self.domains.get(domain) is ch:
+            return True
+        log.warning("root: dropping %s for %s from %s: not that domain's controller connection", what,
+                    domain_label(domain), ch.peer)
+        return False
+
     async def _handle(self, ch: Channel, msg) -> None:
         now = time.time()
         if isinstance(msg, Hello):
             if msg.role == "domain":
-                ch.peer = f"domain {domain_label(msg.domain)}"
-                self.domains[msg.domain] = ch
+                self._bind_domain(ch, msg)
             else:
                 ch.peer = msg.name or msg.role
         elif isinstance(msg, BoundaryInfo):
+            if not self._from_domain(ch, msg.domain, "BoundaryInfo"):
+                return
             expected = self.topology.boundary_nodes(msg.domain)
             if set(msg.boundary_nodes) != expected:
                 log.error("root: %s reports boundary %s, topology says %s", domain_label(msg.domain),
                           sorted(msg.boundary_nodes), sorted(expected))
             self.boundary[msg.domain] = msg
-        elif isinstance(msg, LinkStateReport):
-            reason = self.link_state.offer(msg.domain, msg.seq, msg.sent_at, msg.links, now)
-            if reason:
-                await ch.send(Rejected("link_state", msg.domain, msg.seq, reason))
-        elif isinstance(msg, MembershipReport):
-            reason = self.membership.offer(msg.domain, msg.seq, msg.sent_at, msg.groups, now)
-            if reason:
-                await ch.send(Rejected("membership", msg.domain, msg.seq, reason))
+        elif isinstance(msg, (LinkStateReport, MembershipReport)):
+            kind = "link_state" if isinstance(msg, LinkStateReport) else "membership"
+            if not self._from_domain(ch, msg.domain, f"{kind} report seq {msg.seq}"):
+                await ch.send(Rejected(kind, msg.domain, msg.seq,
+                                       f"not from {domain_label(msg.domain)}'s controller connection"))
+                return
+            if msg.incarnation != self.incarnations.get(msg.domain, 0):
+                reason = (f"incarnation {msg.incarnation} is not the bound controller's "
+                          f"{self.incarnations.get(msg.domain, 0)}")
             else:
+                store = self.link_state if kind == "link_state" else self.membership
+                value = msg.links if kind == "link_state" else msg.groups
+                reason = store.offer(msg.domain, msg.seq, msg.sent_at, value, now, msg.incarnation)
+            if reason:
+                log.info("root: rejected %s report %s seq %d: %s", kind, domain_label(msg.domain), msg.seq, reason)
+                await ch.send(Rejected(kind, msg.domain, msg.seq, reason))
+            elif kind == "membership":
                 self._rebuild_group_views(now)
         elif isinstance(msg, ViewQuery):
             self._rebuild_group_views(now)
             await ch.send(ViewReply(msg.request_id, "root", self.version, self._link_seqs(),
                                     self.group_views.get(msg.group)))
         elif isinstance(msg, TreeSegment):
+            if not self._from_domain(ch, msg.domain, f"TreeSegment {msg.request_id}"):
+                return
             fut = self._segments.get((msg.request_id, msg.domain))
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         elif isinstance(msg, ErrorReply):
-            for (rid, _d), fut in self._segments.items():
-                if rid == msg.request_id and not fut.done():
+            for (rid, d), fut in self._segments.items():
+                if rid == msg.request_id and self.domains.get(d) is ch and not fut.done():
                     fut.set_exception(ControlPlaneError(msg.reason))
         elif isinstance(msg, TreeRequest):
             await self._serve_tree(ch, msg)
@@ -170,8 +191,9 @@ class RootController:
     # ---- trees ----
     async def _serve_tree(self, ch: Channel, req: TreeRequest) -> None:
         try:
+            check_weight(req.weight)
             commit = await self._build_tree(req)
-        except (ControlPlaneError, MulticastError, asyncio.TimeoutError) as exc:
+        except (ControlPlaneError, ValueError, asyncio.TimeoutError) as exc:
             await ch.send(ErrorReply(req.request_id, str(exc) or type(exc).__name__))
             return
         await ch.send(commit)

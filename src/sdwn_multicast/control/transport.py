@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .messages import Ack, Heartbeat, ProtocolError, decode_body, encode_frame
+from .messages import Ack, ErrorReply, Heartbeat, ProtocolError, decode_body, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class Channel:
                 await coro
             except ControlPlaneError as exc:
                 log.warning("%s: %s", self.local, exc)
+            except Exception:
+                log.exception("%s: task failed", self.local)
         return self._spawn(guarded())
 
     def mark_dead(self, reason: str) -> None:
@@ -185,6 +187,23 @@ class Channel:
                         self.peer, f"no ack for {type(msg).__name__} within {timeout_s:.2f} s") from None
 
     # ---- receiving ----
+    async def _dispatch(self, msg) -> None:
+        """Run the handler; an unexpected exception is logged and, for a request, answered with an ErrorReply.
+
+        So a handler bug never leaves a silently dead task behind and a client waiting for a reply
+        learns what went wrong instead of timing out.
+        """
+        try:
+            await self.handler(self, msg)
+        except (ControlPlaneError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("%s: handler failed on %s from %s", self.local, type(msg).__name__, self.peer)
+            rid = getattr(msg, "request_id", None)
+            if isinstance(rid, int) and not isinstance(msg, ErrorReply):
+                await self.send(ErrorReply(rid, f"{self.local} failed to handle {type(msg).__name__}: "
+                                                f"{type(exc).__name__}: {exc}"))
+
     async def _read_loop(self) -> None:
         reason = "connection closed by peer"
         try:
@@ -211,7 +230,7 @@ class Channel:
                 self._seen[msg_id] = None
                 if len(self._seen) > 8192:
                     self._seen.popitem(last=False)
-                self.spawn(self.handler(self, msg))
+                self.spawn(self._dispatch(msg))
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             reason = f"connection lost ({type(exc).__name__})"
         except asyncio.CancelledError:
