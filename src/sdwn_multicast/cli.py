@@ -14,6 +14,39 @@ import time
 
 import numpy as np
 
+from .simulator import WEIGHTS
+
+
+class CliError(ValueError):
+    """Bad command-line input found after parsing (reported as ``sdwn-mcast: error: ...``, exit code 2)."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+    parse.__name__ = "positive int" if lo == 1 else "non-negative int"
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
 
 def _members(text: str) -> list[int]:
     try:
@@ -127,9 +160,17 @@ def cmd_repair(args) -> int:
 
 def cmd_control(args) -> int:
     from .control.launcher import ControlPlane, FaultConfig
+    from .trees import UnknownNodeError
 
-    faults = FaultConfig(drop_prob=args.drop, dup_prob=args.dup, max_delay_ms=args.delay_ms, seed=args.seed)
-    with ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed) as cp:
+    try:
+        faults = FaultConfig(drop_prob=args.drop, dup_prob=args.dup, max_delay_ms=args.delay_ms, seed=args.seed)
+    except ValueError as exc:
+        raise CliError(f"fault injection: {exc}") from None
+    plane = ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed)
+    unknown = [n for n in (args.source, *args.members) if n not in plane.topology.domain_of]
+    if unknown:  # fail before starting any controller process
+        raise UnknownNodeError(f"APs {unknown} are not nodes of {plane.topology.name}")
+    with plane as cp:
         client = cp.client()
         for m in args.members:
             client.join(group=1, member=m)
@@ -152,25 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     def topo_args(sp, default="paper30"):
         sp.add_argument("--topology", default=default, help="paper30, paper9, geant, abilene, germany50, "
                         "waxman<N>, sbm<N> or a topohub key")
-        sp.add_argument("--domains", type=int, default=None, help="number of domains (real/synthetic graphs)")
+        sp.add_argument("--domains", type=positive_int, default=None,
+                        help="number of domains (real/synthetic graphs; not for paper30/paper9)")
         sp.add_argument("--seed", type=int, default=0)
 
     sp = sub.add_parser("topology", help="describe a multi-domain topology")
     sp.add_argument("name")
-    sp.add_argument("--domains", type=int, default=None)
+    sp.add_argument("--domains", type=positive_int, default=None,
+                    help="number of domains (real/synthetic graphs; not for paper30/paper9)")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_topology)
 
     sp = sub.add_parser("simulate", help="step the link-state simulator live and print summaries")
     topo_args(sp)
-    sp.add_argument("--steps", type=int, default=360)
-    sp.add_argument("--every", type=int, default=30)
+    sp.add_argument("--steps", type=positive_int, default=360)
+    sp.add_argument("--every", type=positive_int, default=30)
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("dataset", help="write an offline snapshot dataset (.npz + meta.json)")
     topo_args(sp)
-    sp.add_argument("--snapshots", type=int, default=8640, help="number of snapshots (8640 = one day at 10 s)")
-    sp.add_argument("--every", type=int, default=1, help="record every n-th simulator step")
+    sp.add_argument("--snapshots", type=positive_int, default=8640, help="number of snapshots (8640 = one day at 10 s)")
+    sp.add_argument("--every", type=positive_int, default=1, help="record every n-th simulator step")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_dataset)
 
@@ -179,17 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="kmb")
     sp.add_argument("--source", type=int, required=True)
     sp.add_argument("--members", type=_members, required=True)
-    sp.add_argument("--weight", default="delay_ms", choices=["inv_bw", "delay_ms", "loss_cost", "hops"])
-    sp.add_argument("--step", type=int, default=0, help="simulator step of the snapshot")
+    sp.add_argument("--weight", default="delay_ms", choices=WEIGHTS)
+    sp.add_argument("--step", type=non_negative_int, default=0, help="simulator step of the snapshot")
     sp.set_defaults(func=cmd_tree)
 
     sp = sub.add_parser("eval", help="run methods on seeded requests; CSV, Markdown and PNG outputs")
     sp.add_argument("--quick", action="store_true", help="paper30, abilene and geant, 30 requests each (well under 5 min)")
     sp.add_argument("--topologies", nargs="+")
     sp.add_argument("--methods", nargs="+")
-    sp.add_argument("--requests", type=int)
-    sp.add_argument("--weight", choices=["inv_bw", "delay_ms", "loss_cost", "hops"])
-    sp.add_argument("--domains", type=int)
+    sp.add_argument("--requests", type=positive_int)
+    sp.add_argument("--weight", choices=WEIGHTS)
+    sp.add_argument("--domains", type=positive_int,
+                    help="domains of the partitioned topologies (paper30/paper9 keep their fixed domains)")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
@@ -197,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("repair", help="incremental repair (join/leave/link failure) vs rebuilding")
     sp.add_argument("--topologies", nargs="+", default=["paper30", "geant", "germany50"])
-    sp.add_argument("--requests", type=int, default=100)
+    sp.add_argument("--requests", type=positive_int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
@@ -207,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topology", default="paper30")
     sp.add_argument("--source", type=int, default=1)
     sp.add_argument("--members", type=_members, default=[5, 14, 25, 30])
-    sp.add_argument("--sync-period", type=float, default=0.5)
+    sp.add_argument("--sync-period", type=_positive_float, default=0.5)
     sp.add_argument("--drop", type=float, default=0.0, help="injected message drop probability")
     sp.add_argument("--dup", type=float, default=0.0, help="injected duplicate probability")
     sp.add_argument("--delay-ms", type=float, default=0.0, help="max injected extra delay")
@@ -222,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .control.transport import ControlPlaneError
     from .topology import TopologyError
     from .trees import MulticastError
 
     try:
         return int(args.func(args) or 0)
-    except (TopologyError, MulticastError, KeyError) as exc:
+    except (TopologyError, MulticastError, ControlPlaneError, CliError, KeyError) as exc:
         print(f"sdwn-mcast: error: {exc}", file=sys.stderr)
         return 2
 

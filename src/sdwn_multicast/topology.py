@@ -415,24 +415,35 @@ def sbm_topology(n_nodes: int = 100, n_domains: int = 4, seed: int = 0, mean_deg
 # Registry.
 # ---------------------------------------------------------------------------------------------------------
 
+#: Topologies with a fixed domain partition (the paper's); ``n_domains`` does not apply to them.
+FIXED_TOPOLOGIES: tuple[str, ...] = ("paper30", "paper9")
+_FIXED_BUILDERS: dict[str, Callable[[], MultiDomainTopology]] = {
+    "paper30": lambda: paper_topology(),
+    "paper9": lambda: paper_topology_9ap(),
+}
+
+
 def load_topology(name: str, n_domains: int | None = None, seed: int = 0) -> MultiDomainTopology:
     """Build a topology by name.
 
     Names: ``paper30``, ``paper9``, ``waxman<N>``, ``sbm<N>``, or a real network (``geant``, ``abilene``,
-    ``germany50``, ... or any topohub key). ``n_domains`` defaults to 3 (4 for synthetic graphs).
+    ``germany50``, ... or any topohub key). ``n_domains`` defaults to 3 (4 for synthetic graphs); it must
+    be at least 1, and it must be left ``None`` for the paper topologies, whose domains are fixed
+    (:data:`FIXED_TOPOLOGIES`): a :class:`TopologyError` says so rather than silently ignoring it.
     """
     low = name.lower()
-    builders: dict[str, Callable[[], MultiDomainTopology]] = {
-        "paper30": lambda: paper_topology(),
-        "paper9": paper_topology_9ap,
-    }
-    if low in builders:
-        return builders[low]()
+    if n_domains is not None and n_domains < 1:
+        raise TopologyError(f"the number of domains must be at least 1, got {n_domains}")
+    if low in FIXED_TOPOLOGIES:
+        if n_domains is not None:
+            raise TopologyError(f"{name} has fixed domains (the paper's partition); the number of domains "
+                                "applies only to partitioned real and synthetic topologies")
+        return _FIXED_BUILDERS[low]()
     for prefix, fn in (("waxman", waxman_topology), ("sbm", sbm_topology)):
         if low.startswith(prefix):
             try:
                 n = int(low[len(prefix):] or 100)
             except ValueError as exc:
                 raise UnknownTopologyError(f"unknown topology {name!r}: expected e.g. {prefix}100") from exc
-            return fn(n_nodes=n, n_domains=n_domains or 4, seed=seed)
-    return zoo_topology(name, n_domains=n_domains or 3, seed=seed)
+            return fn(n_nodes=n, n_domains=4 if n_domains is None else n_domains, seed=seed)
+    return zoo_topology(name, n_domains=3 if n_domains is None else n_domains, seed=seed)

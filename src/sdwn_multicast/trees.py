@@ -1,4 +1,4 @@
-"""Multicast trees: requests, validation, pruning, cross-domain composition and incremental repair.
+"""Multicast trees: request checks, validation, pruning, cross-domain composition and incremental repair.
 
 A multicast tree is an undirected ``nx.Graph`` whose edges are links of the network graph; it must be
 connected and acyclic and contain the source and every member. Trees are built on the weighted graph
@@ -38,38 +38,28 @@ class DecompositionError(MulticastError):
     """The inter/intra-domain decomposition cannot serve the request (e.g. a domain split by failures)."""
 
 
-@dataclass(frozen=True)
-class MulticastRequest:
-    """One multicast group request: a source AP and the member (receiver) APs."""
-
-    source: Node
-    members: tuple[Node, ...]
-
-    @property
-    def terminals(self) -> tuple[Node, ...]:
-        return (self.source, *[m for m in self.members if m != self.source])
-
-
 TreeAlgorithm = Callable[..., nx.Graph]
 
 
 def check_request(graph: nx.Graph, source: Node, members: Iterable[Node]) -> tuple[Node, ...]:
     """Validate a request against ``graph``; return the members (deduplicated, source removed).
 
-    Raises :class:`UnknownNodeError` for nodes not in the graph and :class:`DisconnectedRequestError`
-    when a member cannot be reached from the source.
+    Raises :class:`UnknownNodeError` for nodes not in the graph, :class:`MulticastError` when no member
+    other than the source remains, and :class:`DisconnectedRequestError` when a member cannot be reached
+    from the source.
     """
     members = tuple(dict.fromkeys(members))
     unknown = [n for n in (source, *members) if n not in graph]
     if unknown:
         raise UnknownNodeError(f"nodes not in the graph: {unknown}")
+    members = tuple(m for m in members if m != source)
     if not members:
-        raise MulticastError("a multicast request needs at least one member")
+        raise MulticastError("a multicast request needs at least one member other than the source")
     reach = nx.node_connected_component(graph, source)
     cut = [m for m in members if m not in reach]
     if cut:
         raise DisconnectedRequestError(f"members {cut} are unreachable from source {source!r}")
-    return tuple(m for m in members if m != source)
+    return members
 
 
 def tree_cost(graph: nx.Graph, tree: nx.Graph, weight: str) -> float:
@@ -81,6 +71,9 @@ def validate_tree(graph: nx.Graph, tree: nx.Graph, source: Node, members: Iterab
     members = tuple(members)
     if tree.number_of_nodes() == 0:
         raise InvalidTreeError("tree is empty")
+    strangers = [n for n in tree if n not in graph]
+    if strangers:
+        raise InvalidTreeError(f"tree has nodes that are not in the graph: {strangers[:5]}")
     missing = [n for n in (source, *members) if n not in tree]
     if missing:
         raise InvalidTreeError(f"tree does not span {missing}")
@@ -92,14 +85,6 @@ def validate_tree(graph: nx.Graph, tree: nx.Graph, source: Node, members: Iterab
     if tree.number_of_edges() != tree.number_of_nodes() - 1:
         raise InvalidTreeError(
             f"tree has a cycle ({tree.number_of_edges()} links on {tree.number_of_nodes()} nodes)")
-
-
-def is_valid_tree(graph: nx.Graph, tree: nx.Graph, source: Node, members: Iterable[Node]) -> bool:
-    try:
-        validate_tree(graph, tree, source, members)
-    except InvalidTreeError:
-        return False
-    return True
 
 
 def prune_tree(tree: nx.Graph, terminals: Iterable[Node]) -> nx.Graph:

@@ -98,3 +98,39 @@ def test_repair_evaluation_validates_every_repaired_tree(tmp_path, capsys):
     assert set(df.event) <= {"join", "leave", "link_failure"} and len(df) >= 8
     assert (df.repair_ratio_to_opt >= 1.0 - 1e-9).all() and (df.rebuild_ratio_to_opt >= 1.0 - 1e-9).all()
     assert "| paper30 | join |" in (tmp_path / "repair.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tree", "--source", "1", "--members", "5", "--step", "-1"], "--step: must be at least 0, got -1"),
+    (["eval", "--requests", "0"], "--requests: must be at least 1, got 0"),
+    (["eval", "--requests", "-1"], "--requests: must be at least 1, got -1"),
+    (["dataset", "--snapshots", "0", "--out", "unused"], "--snapshots: must be at least 1, got 0"),
+    (["topology", "geant", "--domains", "0"], "--domains: must be at least 1, got 0"),
+    (["simulate", "--steps", "x"], "--steps: expected an integer, got 'x'"),
+])
+def test_cli_rejects_out_of_range_numbers_with_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["topology", "paper30", "--domains", "4"], "paper30 has fixed domains"),
+    (["tree", "--topology", "paper9", "--domains", "2", "--source", "1", "--members", "5"],
+     "paper9 has fixed domains"),
+    (["control", "--source", "99"], "APs [99] are not nodes of paper30"),
+    (["control", "--members", "5,99"], "APs [99] are not nodes of paper30"),
+    (["control", "--drop", "1.5"], "fault injection: invalid fault config"),
+    (["tree", "--source", "1", "--members", "1"], "at least one member other than the source"),
+])
+def test_cli_bad_input_is_a_clear_error_with_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdwn-mcast: error: ") and message in err
+
+
+def test_cli_topology_accepts_domains_for_partitioned_networks(capsys):
+    assert main(["topology", "abilene", "--domains", "2"]) == 0
+    assert "2 domains" in capsys.readouterr().out

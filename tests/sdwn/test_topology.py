@@ -116,3 +116,16 @@ def test_partition_of_any_connected_graph_gives_k_nonempty_connected_domains(n, 
     assert set(part) == set(g.nodes) and set(part.values()) == set(range(k))
     for d in range(k):
         assert nx.is_connected(g.subgraph([v for v in g if part[v] == d]))
+
+
+@pytest.mark.parametrize("name", ["paper30", "paper9"])
+def test_fixed_paper_topologies_refuse_a_domain_count(name):
+    with pytest.raises(TopologyError, match="fixed domains"):
+        load_topology(name, n_domains=3)
+    assert load_topology(name).n_domains == 3
+
+
+@pytest.mark.parametrize("k", [0, -2])
+def test_domain_counts_below_one_are_refused_not_defaulted(k):
+    with pytest.raises(TopologyError, match="at least 1"):
+        load_topology("abilene", n_domains=k)

@@ -38,10 +38,6 @@ def exact_steiner_tree(graph: nx.Graph, source: Node, members: Iterable[Node], w
     comp = graph.subgraph(nx.node_connected_component(graph, source))
     if comp.number_of_nodes() > max_nodes:
         raise ProblemTooLargeError(f"exact Steiner ILP limited to {max_nodes} nodes, got {comp.number_of_nodes()}")
-    if not members:
-        t = nx.Graph()
-        t.add_node(source)
-        return t
     nodes = list(comp.nodes)
     nid = {n: i for i, n in enumerate(nodes)}
     arcs = [(u, v) for u, v in comp.edges] + [(v, u) for u, v in comp.edges]
