@@ -1,9 +1,23 @@
 """Shared fixtures for the sdwn_multicast tests."""
 
+import atexit
+import shutil
+import tempfile
+
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from sdwn_multicast.simulator import LinkStateSimulator
 from sdwn_multicast.topology import paper_topology
+
+# the sdwn tests must not write .hypothesis/ into the working directory: no example database, and
+# Hypothesis' other caches (e.g. its per-module constants) go to a temporary folder removed at exit
+settings.register_profile("sdwn", database=None)
+settings.load_profile("sdwn")
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="sdwn-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

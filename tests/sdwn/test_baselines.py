@@ -121,3 +121,11 @@ def test_empty_member_list_is_a_bad_request():
 def test_unknown_method_name_lists_the_choices():
     with pytest.raises(UnknownMethodError, match="choose from"):
         get_method("dijkstra-magic")
+
+
+def test_exact_solver_prints_nothing_on_stdout(capfd):
+    g = nx.cycle_graph(6)
+    nx.set_edge_attributes(g, 1.0, "delay_ms")
+    tree = exact_steiner_tree(g, 0, [3])
+    assert tree.number_of_edges() == 3
+    assert capfd.readouterr().out == ""  # no HiGHS banner (printed at C level when the solver is created)

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from sdwn_multicast.control import ControlPlane
 from sdwn_multicast.control.links import graph_from_links, link_tuples
 from sdwn_multicast.control.messages import (
     ErrorReply,
@@ -134,3 +135,14 @@ def test_reported_links_give_the_snapshot_graph_weights(paper_snapshot):
     for u, v, attrs in g.edges(data=True):
         for w in WEIGHTS:
             assert attrs[w] == pytest.approx(ref.edges[u, v][w])
+
+
+def test_control_plane_removes_its_temporary_log_dir_but_keeps_a_given_one(tmp_path):
+    plane = ControlPlane("paper9")
+    tmp_logs = plane.log_dir
+    assert tmp_logs.is_dir()
+    plane.close()
+    assert not tmp_logs.exists()
+    kept = ControlPlane("paper9", log_dir=tmp_path / "logs")
+    kept.close()
+    assert (tmp_path / "logs").is_dir()

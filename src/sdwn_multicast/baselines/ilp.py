@@ -5,7 +5,10 @@ Also a brute-force reference (enumerate Steiner-node subsets) used to check the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import sys
 from collections.abc import Iterable
 
 import networkx as nx
@@ -13,6 +16,29 @@ import pulp
 
 from ..topology import Node
 from ..trees import MulticastError, check_request, prune_tree, tree_from_edges
+
+
+@contextlib.contextmanager
+def _c_stdout_silenced():
+    """Send file descriptor 1 to /dev/null (C-level prints such as the HiGHS banner), restoring it after."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class _QuietHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS with ``msg=False`` also silencing the banner ``highspy.Highs()`` prints when created
+    (before PuLP can set ``output_flag``), so ``sdwn-mcast`` output stays clean."""
+
+    def createAndConfigureSolver(self, lp):
+        with _c_stdout_silenced():
+            return super().createAndConfigureSolver(lp)
 
 
 class SolverError(MulticastError):
@@ -58,7 +84,7 @@ def exact_steiner_tree(graph: nx.Graph, source: Node, members: Iterable[Node], w
             prob += balance == (1 if n == k else -1 if n == source else 0)
         for a in arcs:
             prob += f[(k, a)] <= x[a]
-    solver = pulp.HiGHS(msg=False, timeLimit=time_limit_s, threads=1)
+    solver = _QuietHiGHS(msg=False, timeLimit=time_limit_s, threads=1)
     status = prob.solve(solver)
     if pulp.LpStatus[status] != "Optimal":
         raise SolverError(f"HiGHS status {pulp.LpStatus[status]} for a {len(nodes)}-node Steiner ILP")
