@@ -169,6 +169,7 @@ def cmd_control(args) -> int:
     plane = ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed)
     unknown = [n for n in (args.source, *args.members) if n not in plane.topology.domain_of]
     if unknown:  # fail before starting any controller process
+        plane.close()
         raise UnknownNodeError(f"APs {unknown} are not nodes of {plane.topology.name}")
     with plane as cp:
         client = cp.client()

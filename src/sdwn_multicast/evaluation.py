@@ -9,6 +9,8 @@ graph; trees are validated and measured with :func:`tree_metrics`.
 from __future__ import annotations
 
 import math
+import os
+import platform
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,10 +20,18 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from .baselines import METHODS, ProblemTooLargeError, SolverError, get_method
-from .simulator import LinkStateSimulator, LinkStateSnapshot
+from .baselines import METHODS, ProblemTooLargeError, SolverError, exact_steiner_tree, get_method, kmb_tree
+from .simulator import LinkStateSimulator, LinkStateSnapshot, with_link_failed
 from .topology import FIXED_TOPOLOGIES, MultiDomainTopology, Node, load_topology
-from .trees import MulticastError, compose_cross_domain_tree, tree_cost, validate_tree
+from .trees import (
+    MulticastError,
+    compose_cross_domain_tree,
+    graft_member,
+    prune_member,
+    repair_link_failure,
+    tree_cost,
+    validate_tree,
+)
 
 COMPOSED_PREFIX = "composed-"
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -287,13 +297,9 @@ def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                import os
-
                 return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
     except OSError:
         pass
-    import platform
-
     return platform.processor() or platform.machine()
 
 
@@ -331,10 +337,6 @@ def run_repair_evaluation(topologies: tuple[str, ...], n_requests: int, seed: in
     the repaired tree is validated and its cost compared with KMB rebuilt from scratch and with the exact
     optimum of the new request; decision times of repair and rebuild are recorded.
     """
-    from .baselines import exact_steiner_tree, kmb_tree
-    from .simulator import with_link_failed
-    from .trees import graft_member, prune_member, repair_link_failure
-
     rows = []
     jobs = []
     for ti, name in enumerate(topologies):
