@@ -39,6 +39,8 @@ class AttentionGroup:
     block_tables: torch.Tensor  # [B, n] block ids (padding entries: any valid block)
     seq_lens: torch.Tensor  # [B] context length after this step
     block_size: int
+    # (flat query start, query length, context length) per sequence, when built on the host
+    host_lens: tuple[tuple[int, int, int], ...] | None = None
 
     def gather(self, cache: torch.Tensor) -> torch.Tensor:
         """``[slots, H, W]`` cache -> ``[B, Kmax, H, W]`` keys (or values) of the group's sequences."""
@@ -86,6 +88,7 @@ def build_group(
             block_tables=block_tables.to(device),
             seq_lens=s_len.to(device),
             block_size=block_size,
+            host_lens=tuple(zip(query_starts, query_lens, seq_lens)),
         )
     q_len = torch.tensor(query_lens)
     s_len = torch.tensor(seq_lens)
@@ -111,6 +114,7 @@ def build_group(
         block_tables=block_tables.to(device),
         seq_lens=s_len.to(device),
         block_size=block_size,
+        host_lens=tuple(zip(query_starts, query_lens, seq_lens)),
     )
 
 
@@ -161,6 +165,39 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: AttentionGro
         q.transpose(1, 2), k, v, attn_mask=group.mask, scale=scale, enable_gqa=hkv != h
     )
     return out.transpose(1, 2)[group.query_valid]
+
+
+def _prefill_by_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    group: AttentionGroup, scale: float,
+) -> torch.Tensor:
+    """Prefill attention one sequence at a time, unpadded: ``[n_tokens_in_group, H, Dv]`` in token_rows
+    order. A prompt with nothing cached attends over its own new keys with a causal SDPA (no gather, no
+    mask tensor, half the scores skipped); a chunk that continues a cached prefix gathers that
+    sequence's blocks only. On the CPU this beats one padded call, whose cost grows with the longest
+    prompt times the number of prompts; on a GPU one padded launch is cheaper than many small ones.
+    """
+    bs, hkv = group.block_size, k_cache.shape[1]
+    gqa = hkv != q.shape[1]
+    outs = []
+    for row, (start, q_len, seq_len) in enumerate(group.host_lens):
+        qi = q[start : start + q_len].transpose(0, 1).unsqueeze(0)  # [1, H, q, D]
+        if seq_len == q_len:
+            ki = k[start : start + q_len].transpose(0, 1).unsqueeze(0)
+            vi = v[start : start + q_len].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=gqa)
+        else:
+            blocks = group.block_tables[row, : -(-seq_len // bs)]
+            ki = k_cache.view(-1, bs, hkv, k_cache.shape[-1])[blocks].flatten(0, 1)[:seq_len]
+            vi = v_cache.view(-1, bs, hkv, v_cache.shape[-1])[blocks].flatten(0, 1)[:seq_len]
+            # query r sits at position seq_len - q_len + r and sees keys up to it
+            mask = torch.ones(q_len, seq_len, dtype=torch.bool, device=q.device).tril(seq_len - q_len)
+            o = F.scaled_dot_product_attention(
+                qi, ki.transpose(0, 1).unsqueeze(0), vi.transpose(0, 1).unsqueeze(0), attn_mask=mask,
+                scale=scale, enable_gqa=gqa,
+            )
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs)
 
 
 def _kernel_decode(
@@ -221,6 +258,9 @@ class GQAAttention(nn.Module):
                 if o is not None:
                     out[g.token_rows] = o
                     continue
+            elif q.device.type == "cpu" and g.host_lens is not None and k_cache.dtype == q.dtype:
+                out.index_copy_(0, g.token_rows, _prefill_by_sequence(q, k, v, k_cache, v_cache, g, self.scale))
+                continue
             qg = q.index_select(0, g.token_rows).unsqueeze(1) if g.max_query_len == 1 else q[g.query_index]
             kg = g.gather(k_cache).to(q.dtype)
             vg = g.gather(v_cache).to(q.dtype)
