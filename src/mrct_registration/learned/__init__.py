@@ -1,0 +1,12 @@
+"""The learned pipeline (Wei et al. 2019): inpainting of the probe region, so far its building blocks."""
+
+from .inpaint_baselines import INPAINTING_BASELINES, biharmonic_inpaint, linear_interpolation_mar
+from .inpaint_masks import METAL_THRESHOLD_HU, metal_hole_mask, synthetic_probe_mask
+from .losses import InpaintingLossWeights, inpainting_loss
+from .partial_conv import HU_SCALE, PartialConv2d, PartialConvUNet2d, denormalise_hu, normalise_hu
+
+__all__ = [
+    "INPAINTING_BASELINES", "biharmonic_inpaint", "linear_interpolation_mar", "METAL_THRESHOLD_HU",
+    "metal_hole_mask", "synthetic_probe_mask", "InpaintingLossWeights", "inpainting_loss", "HU_SCALE",
+    "PartialConv2d", "PartialConvUNet2d", "denormalise_hu", "normalise_hu",
+]
