@@ -13,8 +13,10 @@ from mrct_registration.learned import (
     INPAINTING_BASELINES,
     PartialConv2d,
     PartialConvUNet2d,
+    inpaint_volume,
     inpainting_loss,
     metal_hole_mask,
+    network_inpainter,
     normalise_hu,
     synthetic_probe_mask,
 )
@@ -176,3 +178,16 @@ def test_a_short_seeded_training_run_lowers_the_hole_l1(tiny_case):
     with torch.no_grad():
         after = float(hole_l1(net(corrupted, valid), target, valid))
     assert after < 0.7 * before
+
+
+def test_network_inpainter_fills_only_the_hole_of_slices_of_any_size(tiny_case):
+    torch.manual_seed(0)
+    inpaint = network_inpainter(PartialConvUNet2d(base_channels=4, depth=3))
+    ict = tiny_case.ict.array[:, :45, :]  # 45 rows: not a multiple of 8, padded inside
+    hole = metal_hole_mask(ict)
+    filled = inpaint_volume(ict, hole, inpaint)
+    assert filled.shape == ict.shape and filled.dtype == np.float32
+    assert np.array_equal(filled[~hole], ict[~hole])
+    assert np.all(filled[hole] != ict[hole])
+    with pytest.raises(GeometryError, match="same shape"):
+        inpaint_volume(ict, hole[:-1], inpaint)

@@ -2,11 +2,13 @@
 
 from .inpaint_baselines import INPAINTING_BASELINES, biharmonic_inpaint, linear_interpolation_mar
 from .inpaint_masks import METAL_THRESHOLD_HU, metal_hole_mask, synthetic_probe_mask
+from .inpainting import inpaint_volume, network_inpainter
 from .losses import InpaintingLossWeights, inpainting_loss
 from .partial_conv import HU_SCALE, PartialConv2d, PartialConvUNet2d, denormalise_hu, normalise_hu
 
 __all__ = [
     "INPAINTING_BASELINES", "biharmonic_inpaint", "linear_interpolation_mar", "METAL_THRESHOLD_HU",
     "metal_hole_mask", "synthetic_probe_mask", "InpaintingLossWeights", "inpainting_loss", "HU_SCALE",
-    "PartialConv2d", "PartialConvUNet2d", "denormalise_hu", "normalise_hu",
+    "PartialConv2d", "PartialConvUNet2d", "denormalise_hu", "normalise_hu", "inpaint_volume",
+    "network_inpainter",
 ]
