@@ -2,8 +2,8 @@
 
 Subcommands: ``topology`` (describe a multi-domain topology), ``simulate`` (live stepping),
 ``dataset`` (write an offline snapshot dataset), ``tree`` (build one multicast tree), ``eval`` (the
-evaluation harness), ``repair`` (incremental repair vs rebuilding) and ``control`` (start the
-multi-process control plane and serve one tree request).
+evaluation harness), ``repair`` (incremental repair vs rebuilding), ``control`` (start the
+multi-process control plane and serve one tree request) and ``train`` (multi-agent PPO, MA-CDMR).
 """
 
 from __future__ import annotations
@@ -187,6 +187,26 @@ def cmd_control(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from .dataset import DatasetError
+    from .marl.train import PRESETS, TrainConfigError, train
+
+    over = {k: v for k, v in {"critic": args.critic, "source": args.source, "episodes": args.episodes,
+                              "bc_episodes": args.bc_episodes, "dataset_dir": args.dataset,
+                              "seed": args.seed}.items() if v is not None}
+    try:
+        cfg = replace(PRESETS[args.preset], **over)
+        r = train(cfg, args.out, progress=not args.no_progress)
+    except (TrainConfigError, DatasetError) as exc:
+        raise CliError(f"train: {exc}") from None
+    print(f"{r['episodes']} episodes in {r['seconds']:.1f} s: valid-tree rate {r['valid_rate']:.2f}, mean return "
+          f"first fifth {r['first_return']:.3f} -> last fifth {r['last_return']:.3f}")
+    print(f"wrote {r['checkpoint']}, {r['config']}, {r['csv']} and {r['png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdwn-mcast", description="Cross-domain SDWN multicast routing")
     sub = p.add_subparsers(dest="command")
@@ -258,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--delay-ms", type=float, default=0.0, help="max injected extra delay")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_control)
+
+    sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")
+    sp.add_argument("--preset", choices=["tiny", "paper30"], default="tiny")
+    sp.add_argument("--critic", choices=["central", "local"], help="central = MAPPO (default), local = IPPO")
+    sp.add_argument("--source", choices=["offline", "online"], help="replay snapshots or a live simulator")
+    sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")
+    sp.add_argument("--episodes", type=positive_int)
+    sp.add_argument("--bc-episodes", type=non_negative_int, help="composed-KMB episodes for a BC warm start")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", default="out/sdwn_train", help="output folder (default out/sdwn_train)")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_train)
     return p
 
 

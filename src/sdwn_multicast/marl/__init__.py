@@ -1,5 +1,6 @@
 """MA-CDMR agents: the multi-agent environment (one inter-domain agent at the root, one intra-domain agent
-per domain controller) and, later, the PPO actor-critics that act in it."""
+per domain controller), its masked actor-critics (``marl.policy``) and multi-agent PPO training
+(``marl.train``; imported on demand, as it pulls in torch)."""
 
 from .env import (
     NODE_CHANNELS,

@@ -105,6 +105,17 @@ class LocalCritic(nn.Module):
         return self.net(_node_features(links, nodes).mean(dim=1)).squeeze(-1)
 
 
+class RootLocalCritic(nn.Module):
+    """V(o) of the root from its own observation (crossings and domains mean-pooled): independent PPO."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.net = _mlp(len(LINK_FIELDS) + len(ROOT_CROSSING_EXTRA) + len(ROOT_DOMAIN_CHANNELS), hidden, 1)
+
+    def forward(self, crossings: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([crossings.mean(dim=1), domains.mean(dim=1)], dim=-1)).squeeze(-1)
+
+
 def obs_to_tensors(obs: dict[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """One agent's observation dict -> float tensors with a batch dimension of 1."""
     return {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device).unsqueeze(0)
