@@ -6,6 +6,7 @@
     mrct-reg eval --method ants-syncc --task pct-ict
     mrct-reg phantom --seed 100000 --out out/case100000
     mrct-reg register --fixed ict.nii.gz --moving pmr.nii.gz --method ants-syn-mi --out field.nii.gz
+    mrct-reg train inpainting --preset ci --eval-cases 20   # the committed inpainting weights, then their table
 """
 
 from __future__ import annotations
@@ -139,6 +140,31 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .learned.eval_inpainting import evaluate_inpainting, inpainting_table_markdown
+    from .learned.train_inpainting import TRAIN_PRESETS, TrainConfigError, load_inpainter, train_inpainting
+    from .phantom import held_out_seeds
+
+    if args.preset not in TRAIN_PRESETS:
+        raise TrainConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    if args.eval_cases < 0:
+        raise MrctError(f"--eval-cases must be >= 0, got {args.eval_cases}")
+    config = TRAIN_PRESETS[args.preset]
+    out = Path(args.out if args.out is not None else f"out/inpainting_{args.preset}")
+    result = train_inpainting(config, out)
+    print(f"validation hole L1: {result.initial_val_hole_l1_hu:.1f} HU before training, "
+          f"{result.best_val_hole_l1_hu:.1f} HU at step {result.best_step} (kept); {result.seconds:.0f} s")
+    print(f"wrote {result.weights_path}, {result.config_path}, {result.log_path}, {result.curve_path}")
+    if args.eval_cases:
+        # the held-out phantoms at the training scale, with the probe (training phantoms have none)
+        phantom = config.phantom().with_(with_probe=True)
+        scores = evaluate_inpainting(load_inpainter(result.weights_path), held_out_seeds(args.eval_cases), phantom)
+        table = inpainting_table_markdown(scores)
+        (out / "inpainting_eval.md").write_text(table)
+        print(table)
+    return 0
+
+
 THREADS_HELP = ("ITK threads for the registrations (default 1, or ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS if set): "
                 "1 makes ANTs runs exactly repeatable; more is faster but ANTs results then vary slightly run to run")
 
@@ -175,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--warped", help="optional file for the moving image resampled onto the fixed grid")
     rg.add_argument("--threads", type=int, help=THREADS_HELP)
     rg.set_defaults(func=_cmd_register)
+
+    tr = sub.add_parser("train", help="train a learned stage from phantoms and write its weights, log and loss curve")
+    tr.add_argument("model", choices=("inpainting",), help="the stage to train")
+    tr.add_argument("--preset", default="tiny", help="tiny (seconds, for tests) or ci (the committed weights)")
+    tr.add_argument("--out", help="output folder (default out/inpainting_<preset>)")
+    tr.add_argument("--eval-cases", type=int, default=0,
+                    help="then score the network and the inpainting baselines on this many held-out phantoms")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""The learned pipeline (Wei et al. 2019): inpainting of the probe region, so far its building blocks."""
+"""The learned pipeline (Wei et al. 2019): inpainting of the probe region, its training and its evaluation.
+
+The training and evaluation modules (:mod:`.train_inpainting`, :mod:`.eval_inpainting`) are imported on use.
+"""
 
 from .inpaint_baselines import INPAINTING_BASELINES, biharmonic_inpaint, linear_interpolation_mar
 from .inpaint_masks import METAL_THRESHOLD_HU, metal_hole_mask, synthetic_probe_mask
