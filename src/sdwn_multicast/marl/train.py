@@ -361,6 +361,8 @@ def ppo_update(policy: MultiAgentPolicy, optimizer: torch.optim.Optimizer, batch
         stacked[agent] = (obs, torch.cat([t.state for t in ts]), torch.cat([t.action for t in ts]),
                           torch.tensor([t.logprob for t in ts]), adv, torch.tensor([t.ret for t in ts]))
     stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+    if not stacked:  # no agent acted (cannot happen with a non-empty request, but never divide by zero)
+        return stats
     for _ in range(cfg.update_epochs):
         pg_total, v_total, ent_total, n = 0.0, 0.0, 0.0, 0
         for agent, (obs, state, action, old_logp, adv, ret) in stacked.items():
