@@ -4,6 +4,7 @@ and of its evaluation against the classical baselines on held-out phantoms (issu
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import replace
 
@@ -23,6 +24,7 @@ from mrct_registration.learned.eval_inpainting import (
     summarise_inpainting,
 )
 from mrct_registration.learned.train_inpainting import (
+    COMMITTED_WEIGHTS,
     LOG_NAME,
     TRAIN_PRESETS,
     InpainterWeightsError,
@@ -66,6 +68,15 @@ def test_saved_weights_reload_to_a_network_with_identical_outputs(tiny_run):
     valid = (torch.rand(2, 1, 32, 32) > 0.2).float()
     with torch.no_grad():
         assert torch.equal(loaded(x, valid), tiny_run.network(x, valid))
+
+
+def test_committed_weights_are_small_and_come_from_the_ci_preset():
+    assert COMMITTED_WEIGHTS.stat().st_size < 2 * 1024**2
+    net = load_inpainter(COMMITTED_WEIGHTS)
+    preset = TRAIN_PRESETS["ci"]
+    assert (net.depth, net.encoder[0].conv.out_channels) == (preset.depth, preset.base_channels)
+    config_json = COMMITTED_WEIGHTS.with_suffix(".json").read_text()
+    assert InpaintTrainConfig.from_dict(json.loads(config_json)["config"]) == preset
 
 
 def test_training_is_repeatable_for_a_seed(tmp_path):

@@ -13,7 +13,8 @@ hole-L1 every ``validate_every`` steps, the best state kept), then the files it 
 * ``train_log.csv``: one row per step (loss terms; validation hole L1 at validation steps);
 * ``loss_curve.png``: training and validation hole L1 (HU) against the step.
 
-:func:`load_inpainter` restores the network from the ``.safetensors`` file (or its folder).
+:func:`load_inpainter` restores the network from the ``.safetensors`` file (or its folder); the weights of
+the ``ci`` preset are committed at :data:`COMMITTED_WEIGHTS`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ WEIGHTS_NAME = "inpainting_unet.safetensors"
 CONFIG_NAME = "inpainting_unet.json"
 LOG_NAME = "train_log.csv"
 CURVE_NAME = "loss_curve.png"
+# from `mrct-reg train inpainting --preset ci --eval-cases 20 --out DIR` (weights, config, curve, eval table)
+COMMITTED_WEIGHTS = Path(__file__).parent / "weights" / WEIGHTS_NAME
 PHANTOM_SIZES = ("tiny", "small", "ci", "large")
 BODY_THRESHOLD_HU = -500.0  # pixels above this are tissue, below it air
 MIN_BODY_FRACTION = 0.2  # slices with less tissue than this (the ends of the volume) are not used
@@ -111,10 +114,10 @@ TRAIN_PRESETS: dict[str, InpaintTrainConfig] = {
     "tiny": InpaintTrainConfig(phantom_size="tiny", n_train_phantoms=2, n_validation_phantoms=1, slices_per_phantom=8,
                                crop_px=32, batch_size=4, steps=80, lr=3e-3, base_channels=8, depth=2,
                                validate_every=20),
-    # the committed weights (learned/weights/): about 4 minutes on 2 CPU cores
+    # the committed weights (COMMITTED_WEIGHTS): about 2 minutes on 2 CPU cores
     "ci": InpaintTrainConfig(phantom_size="ci", n_train_phantoms=12, n_validation_phantoms=2, slices_per_phantom=24,
-                             crop_px=48, batch_size=8, steps=1500, lr=1e-3, base_channels=16, depth=3,
-                             validate_every=100),
+                             crop_px=64, batch_size=8, steps=4000, lr=1e-3, base_channels=16, depth=3,
+                             validate_every=200),
 }
 
 
