@@ -118,17 +118,30 @@ def cmd_tree(args) -> int:
 def cmd_eval(args) -> int:
     from dataclasses import replace
 
-    from .evaluation import QUICK_CONFIG, EvalConfig, run_evaluation, write_outputs
+    from .evaluation import (
+        MARL_METHOD,
+        QUICK_CONFIG,
+        EvalConfig,
+        MarlCheckpointError,
+        bottleneck_ratio,
+        invalid_rate,
+        run_evaluation,
+        write_outputs,
+    )
 
     cfg = QUICK_CONFIG if args.quick else EvalConfig()
     over = {k: v for k, v in {
         "topologies": tuple(args.topologies) if args.topologies else None,
-        "methods": tuple(args.methods) if args.methods else None,
+        "methods": tuple(m for arg in args.methods for m in arg.split(",") if m) if args.methods else None,
+        "marl_checkpoint": args.marl_checkpoint,
         "n_requests": args.requests, "cost_weight": args.weight, "seed": args.seed,
         "n_domains": args.domains}.items() if v is not None}
     cfg = replace(cfg, **over)
     t0 = time.perf_counter()
-    result = run_evaluation(cfg, progress=not args.no_progress)
+    try:
+        result = run_evaluation(cfg, progress=not args.no_progress)
+    except MarlCheckpointError as exc:
+        raise CliError(f"eval: {exc}") from None
     paths = write_outputs(result, args.out)
     print(paths["summary"].read_text())
     print(f"wrote {paths['csv']}, {paths['summary']} and {len(paths) - 2} plots to {args.out} "
@@ -137,6 +150,19 @@ def cmd_eval(args) -> int:
     kmb = df[(df.method == "kmb") & df.valid]["cost_ratio"].dropna()
     if len(kmb):
         print(f"kmb cost ratio to optimum (mean): {kmb.mean():.3f}")
+    if MARL_METHOD in cfg.methods:
+        bad, n = invalid_rate(df, MARL_METHOD)
+        t = df[(df.method == MARL_METHOD) & df.valid]["decision_time_ms"]
+        print(f"marl checkpoint: {result.extra['marl_checkpoint']}")
+        print(f"marl invalid/failed trees: {bad}/{n}; decision time (mean): {t.mean():.2f} ms")
+        if "kmb" in cfg.methods:
+            ratio = bottleneck_ratio(df, MARL_METHOD, "kmb")
+            print(f"marl vs kmb: mean over {len(ratio)} requests of marl / kmb bottleneck bandwidth, kmb weighted "
+                  f"by {cfg.cost_weight} (the eval cost weight; kmb-bw is KMB weighted by 1/bandwidth)")
+            if "kmb-bw" in cfg.methods:
+                print(f"marl vs kmb-bw bottleneck bandwidth ratio (mean): "
+                      f"{bottleneck_ratio(df, MARL_METHOD, 'kmb-bw').mean():.3f}")
+            print(f"marl vs kmb bottleneck bandwidth ratio (mean): {ratio.mean():.3f}")
     return 0
 
 
@@ -256,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--domains", type=positive_int,
                     help="domains of the partitioned topologies (paper30/paper9 keep their fixed domains)")
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--marl-checkpoint", help="training output folder for the marl method "
+                    "(default: the committed paper30 checkpoint)")
     sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_eval)

@@ -61,6 +61,8 @@ class EvalConfig:
     seed: int = 0
     steps_between_requests: tuple[int, int] = (30, 720)
     ilp_time_limit_s: float = 60.0
+    #: folder of the ``marl`` method's trained policy (None: the committed paper30 checkpoint)
+    marl_checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,60 @@ def build_tree(method: str, topology: MultiDomainTopology, graph: nx.Graph, sour
     return m.build(graph, source, members, cost_weight)
 
 
+# ---- the learned method (MA-CDMR agents, issue 8) ----
+MARL_METHOD = "marl"
+DEFAULT_MARL_CHECKPOINT = Path(__file__).resolve().parent / "marl" / "checkpoints" / "paper30"
+
+
+class MarlCheckpointError(ValueError):
+    """The ``marl`` method's checkpoint is missing or does not fit the topology (number of domains)."""
+
+
+class MarlRouter:
+    """A trained MA-CDMR policy played greedily on one request's snapshot; the tree it builds, or an error.
+
+    The actors are size-independent (per-crossing / per-node encoders), so one checkpoint serves any
+    topology with the domain count it was trained with; the critics are not used here.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path | None = None):
+        from .marl.train import load_policy
+
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else DEFAULT_MARL_CHECKPOINT
+        try:
+            self.policy, self.train_config = load_policy(self.checkpoint_dir)
+        except FileNotFoundError as exc:
+            raise MarlCheckpointError(f"marl: {exc}") from None
+        self.n_domains = int(self.policy.n_domains)
+
+    def check_topology(self, topology: MultiDomainTopology) -> None:
+        if topology.n_domains != self.n_domains:
+            raise MarlCheckpointError(
+                f"marl checkpoint {self.checkpoint_dir} was trained on {self.train_config.topology} and supports "
+                f"topologies with {self.n_domains} domains; {topology.name} has {topology.n_domains} (train one "
+                f"with `sdwn-mcast train` and pass its folder as the marl checkpoint)")
+
+    def build(self, snapshot: LinkStateSnapshot, source: Node, members: tuple[Node, ...]) -> nx.Graph:
+        from .marl.env import CrossDomainMulticastEnv, InvalidActionError
+        from .marl.train import run_episode
+
+        self.check_topology(snapshot.topology)
+        env = CrossDomainMulticastEnv(snapshot)
+        try:
+            _, _, info = run_episode(env, self.policy, seed=0, greedy=True,
+                                     options={"source": source, "members": list(members)})
+        except InvalidActionError as exc:
+            raise MulticastError(f"marl episode failed: {exc}") from None
+        if info["tree"] is None:
+            raise MulticastError(f"marl episode failed: {info['failure']}")
+        return info["tree"]
+
+
+def _check_method(m: str) -> None:
+    if m != MARL_METHOD:
+        get_method(m[len(COMPOSED_PREFIX):] if m.startswith(COMPOSED_PREFIX) else m)
+
+
 def _draw_request(rng: np.random.Generator, graph: nx.Graph, group_size: tuple[int, int]
                   ) -> tuple[Node, tuple[Node, ...]]:
     comp = sorted(max(nx.connected_components(graph), key=len), key=str)
@@ -145,7 +201,8 @@ def make_requests(topology: MultiDomainTopology, n_requests: int, seed: int, gro
 
 def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     for m in config.methods:
-        get_method(m[len(COMPOSED_PREFIX):] if m.startswith(COMPOSED_PREFIX) else m)
+        _check_method(m)
+    router = MarlRouter(config.marl_checkpoint) if MARL_METHOD in config.methods else None
     t0 = time.perf_counter()
     rows: list[dict] = []
     jobs = []
@@ -153,6 +210,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
         # the paper topologies keep their fixed domains; n_domains partitions the others
         k = None if name.lower() in FIXED_TOPOLOGIES else config.n_domains
         topo = load_topology(name, n_domains=k, seed=config.seed)
+        if router is not None:
+            router.check_topology(topo)
         for req, snap in make_requests(topo, config.n_requests, config.seed + 1000 * ti, config.group_size,
                                        config.steps_between_requests):
             jobs.append((name, topo, req, snap))
@@ -169,8 +228,11 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
                    "n_members": len(req.members), "method": method, "valid": False, "error": ""}
             t = time.perf_counter()
             try:
-                tree = build_tree(method, topo, graph, req.source, req.members, config.cost_weight,
-                                  config.ilp_time_limit_s)
+                if method == MARL_METHOD:
+                    tree = router.build(snap, req.source, req.members)
+                else:
+                    tree = build_tree(method, topo, graph, req.source, req.members, config.cost_weight,
+                                      config.ilp_time_limit_s)
                 row["decision_time_ms"] = (time.perf_counter() - t) * 1e3
                 validate_tree(graph, tree, req.source, req.members)
                 row.update(tree_metrics(graph, tree, req.source, req.members, config.cost_weight))
@@ -190,7 +252,23 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     key = pd.MultiIndex.from_frame(df[["topology", "request_id"]])
     df["opt_cost"] = opt.reindex(key).to_numpy() if len(opt) else np.nan
     df["cost_ratio"] = df["cost"] / df["opt_cost"]
-    return EvalResult(config=config, rows=df, elapsed_s=time.perf_counter() - t0)
+    extra = {"marl_checkpoint": str(router.checkpoint_dir)} if router is not None else {}
+    return EvalResult(config=config, rows=df, elapsed_s=time.perf_counter() - t0, extra=extra)
+
+
+def bottleneck_ratio(df: pd.DataFrame, method: str = MARL_METHOD, reference: str = "kmb") -> pd.Series:
+    """Per request where both built a valid tree: ``method``'s bottleneck bandwidth / ``reference``'s."""
+    key = ["topology", "request_id"]
+    a = df[(df.method == method) & df.valid].set_index(key)["bottleneck_bw_mbps"]
+    b = df[(df.method == reference) & df.valid].set_index(key)["bottleneck_bw_mbps"]
+    both = a.index.intersection(b.index)
+    return (a.loc[both] / b.loc[both]).replace([np.inf, -np.inf], np.nan).dropna()
+
+
+def invalid_rate(df: pd.DataFrame, method: str) -> tuple[int, int]:
+    """(requests without a valid tree, requests) of one method."""
+    s = df[df.method == method]
+    return int((~s.valid).sum()), len(s)
 
 
 def mean_ci95(values: pd.Series) -> tuple[float, float]:
@@ -280,7 +358,8 @@ def plot_results(result: EvalResult, out_dir: Path) -> list[Path]:
         ax.set_title(metric)
         if metric == "cost_ratio":
             ax.axhline(1.0, color="k", lw=0.8)
-            lo = np.nanmin(df[df.valid]["cost_ratio"]) if df.valid.any() else 1.0
+            ok = df[df.valid]["cost_ratio"].dropna()
+            lo = float(ok.min()) if len(ok) else 1.0
             ax.set_ylim(bottom=min(0.95, lo))
         if metric == "decision_time_ms":
             ax.set_yscale("log")
@@ -316,8 +395,9 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
 
 QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene", "geant"), n_requests=30, steps_between_requests=(30, 360))
 
-__all__ = ["DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "METHODS", "METRICS", "QUICK_CONFIG",
-           "build_tree", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",
+__all__ = ["DEFAULT_MARL_CHECKPOINT", "DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "MARL_METHOD",
+           "METHODS", "METRICS", "QUICK_CONFIG", "MarlCheckpointError", "MarlRouter", "bottleneck_ratio", "build_tree",
+           "invalid_rate", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",
            "tree_metrics", "write_outputs"]
 
 

@@ -388,18 +388,45 @@ def save_checkpoint(policy: MultiAgentPolicy, cfg: TrainConfig, out_dir: Path, n
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     path = out_dir / "checkpoint.pt"
     torch.save({"policy": policy.state_dict(), "n_domains": n_domains, "state_dim": state_dim}, path)
+    save_safetensors_policy(policy, out_dir, n_domains, state_dim)
+    return path
+
+
+SAFETENSORS_NAME = "policy.safetensors"
+
+
+def save_safetensors_policy(policy: MultiAgentPolicy, out_dir: Path, n_domains: int, state_dim: int) -> Path:
+    """The same weights as ``checkpoint.pt`` in safetensors (shipped as package data; no pickle on load)."""
+    from safetensors.torch import save_file
+
+    path = Path(out_dir) / SAFETENSORS_NAME
+    tensors = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
+    save_file(tensors, str(path), metadata={"n_domains": str(n_domains), "state_dim": str(state_dim)})
     return path
 
 
 def load_policy(out_dir: str | Path) -> tuple[MultiAgentPolicy, TrainConfig]:
     """Rebuild the trained policy (eval mode) and its config from a ``train`` output folder."""
     out_dir = Path(out_dir)
-    if not (out_dir / "checkpoint.pt").is_file() or not (out_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{out_dir} is not a training output (needs checkpoint.pt and config.json)")
+    has_pt, has_st = (out_dir / "checkpoint.pt").is_file(), (out_dir / SAFETENSORS_NAME).is_file()
+    if not (has_pt or has_st) or not (out_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{out_dir} is not a training output (needs checkpoint.pt and config.json; "
+                                f"{SAFETENSORS_NAME} may replace checkpoint.pt)")
     cfg = TrainConfig.from_json(out_dir / "config.json")
-    ckpt = torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    policy = MultiAgentPolicy(ckpt["n_domains"], ckpt["state_dim"], cfg.critic, cfg.hidden)
-    policy.load_state_dict(ckpt["policy"])
+    if has_pt:
+        ckpt = torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        state, n_domains, state_dim = ckpt["policy"], ckpt["n_domains"], ckpt["state_dim"]
+    else:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(out_dir / SAFETENSORS_NAME), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(out_dir / SAFETENSORS_NAME))
+        n_domains, state_dim = int(meta["n_domains"]), int(meta["state_dim"])
+    policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden)
+    policy.load_state_dict(state)
+    policy.n_domains, policy.state_dim = n_domains, state_dim
     return policy.eval(), cfg
 
 

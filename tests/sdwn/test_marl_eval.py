@@ -1,0 +1,56 @@
+"""The learned method in the evaluation harness: the committed paper30 checkpoint builds valid trees and
+``eval`` reports it against KMB (bottleneck bandwidth ratio, invalid trees, decision time)."""
+
+import pandas as pd
+import pytest
+
+from sdwn_multicast.cli import main
+from sdwn_multicast.evaluation import (
+    DEFAULT_MARL_CHECKPOINT,
+    EvalConfig,
+    MarlCheckpointError,
+    MarlRouter,
+    bottleneck_ratio,
+    run_evaluation,
+)
+from sdwn_multicast.topology import load_topology
+
+
+def test_the_committed_checkpoint_ships_as_safetensors_and_loads():
+    assert (DEFAULT_MARL_CHECKPOINT / "policy.safetensors").is_file()
+    assert (DEFAULT_MARL_CHECKPOINT / "config.json").is_file()
+    router = MarlRouter()
+    assert router.n_domains == 3 and router.train_config.topology == "paper30"
+
+
+def test_eval_marl_and_kmb_writes_the_csv_and_prints_the_ratio(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--topologies", "paper30", "--methods", "marl,kmb", "--requests", "4", "--no-progress",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("marl vs kmb bottleneck bandwidth ratio (mean): ")
+    assert float(last.rsplit(":", 1)[1]) > 0
+    assert "marl invalid/failed trees: 0/4" in text
+    df = pd.read_csv(out / "requests.csv")
+    marl = df[df.method == "marl"]
+    assert len(marl) == 4 and marl.valid.all()
+    assert (marl.decision_time_ms > 0).all()
+    assert len(bottleneck_ratio(df)) == 4
+
+
+def test_a_checkpoint_with_another_domain_count_is_refused_clearly(capsys):
+    router = MarlRouter()
+    with pytest.raises(MarlCheckpointError, match="supports topologies with 3 domains"):
+        router.check_topology(load_topology("geant", n_domains=4, seed=0))
+    cfg = EvalConfig(topologies=("geant",), methods=("marl",), n_requests=1, n_domains=4)
+    with pytest.raises(MarlCheckpointError, match="geant-k4 has 4"):
+        run_evaluation(cfg, progress=False)
+    assert main(["eval", "--topologies", "geant", "--domains", "4", "--methods", "marl", "--requests", "1",
+                 "--no-progress"]) == 2
+    assert "trained on paper30" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(MarlCheckpointError, match="needs checkpoint.pt and config.json"):
+        MarlRouter(tmp_path)
