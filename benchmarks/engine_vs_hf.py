@@ -87,7 +87,14 @@ def main() -> None:
     ap.add_argument("--hf-batch", default="16,64", help="comma-separated HF batch sizes to try")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine-only", action="store_true", help="skip HF (for A/B runs of the engine alone)")
+    ap.add_argument("--no-paged-kernel", action="store_true",
+                    help="decode attention by gather + SDPA instead of the paged kernel")
     args = ap.parse_args()
+    if args.no_paged_kernel:
+        from xdeepserve.model import paged_attention
+
+        paged_attention.disable("--no-paged-kernel")
     torch.manual_seed(args.seed)
     overrides = BENCH_MODEL if args.arch == "qwen3_moe" else None
     path = args.model or make_model(args.arch, tempfile.mkdtemp(prefix="xds-bench-"), seed=args.seed, overrides=overrides)
@@ -100,6 +107,9 @@ def main() -> None:
           f"output tokens {sum(n for _, n in reqs)}")
     t_eng, n_eng, out_eng = run_engine(path, reqs, args.device, "auto")
     rows = [("xdeepserve engine", t_eng, n_eng)]
+    if args.engine_only:
+        print(f"xdeepserve engine: {t_eng:.2f} s, {n_eng / t_eng:.1f} output tok/s")
+        return
     best_hf, same = 0.0, 0
     for batch in (int(b) for b in args.hf_batch.split(",")):
         t_hf, n_hf, out_hf = run_hf(path, reqs, batch, args.device, dtype, args.arch)

@@ -93,18 +93,13 @@ class GlooChannel:
             raise PeerDeadError(f"{what} with rank {self.peer} failed over gloo: {e}", self.peer) from e
 
     def send(self, data: torch.Tensor, event_id: int) -> None:
-        payload = torch.from_numpy(as_bytes(data.cpu() if data.is_cuda else data))  # CUDA: staged in host memory
+        payload = torch.from_numpy(as_bytes(data))
         header = torch.tensor([event_id, payload.numel()], dtype=torch.int64)
         self._run(self.pg.send([header], self.peer, 0), f"send of event {event_id}")
         if payload.numel():
             self._run(self.pg.send([payload], self.peer, 1), f"send of event {event_id}")
 
     def recv(self, out: torch.Tensor, event_id: int) -> int:
-        if out.is_cuda:  # staged through host memory
-            host = torch.empty(out.numel() * out.element_size(), dtype=torch.uint8)
-            n = self.recv(host, event_id)
-            out.reshape(-1).view(torch.uint8)[:n].copy_(host[:n])
-            return n
         dst = torch.from_numpy(as_bytes(out))
         header = torch.empty(2, dtype=torch.int64)
         self._run(self.pg.recv([header], self.peer, 0), f"receive of event {event_id}")
@@ -125,10 +120,10 @@ class GlooChannel:
 
 
 class _HostStaged:
-    """CUDA tensors over a shared-memory channel to a peer without a CUDA IPC channel: copied to host
-    memory first (the receiver copies back to its device)."""
+    """CUDA tensors over a host channel (shared memory or gloo) to a peer without a CUDA IPC channel:
+    copied to host memory first (the receiver copies back to its device)."""
 
-    def __init__(self, channel: ShmChannel) -> None:
+    def __init__(self, channel: ShmChannel | GlooChannel) -> None:
         self.channel = channel
 
     def send(self, data: torch.Tensor, event_id: int) -> None:
@@ -248,10 +243,7 @@ class XcclGroup:
             raise ValueError(f"rank {peer} is not a peer of rank {self.rank} (world size {self.world_size})")
         channel = self.channels[peer]
         if tensor is not None and tensor.is_cuda:
-            if peer in self.device_channels:
-                return self.device_channels[peer]
-            if isinstance(channel, ShmChannel):
-                return _HostStaged(channel)
+            return self.device_channels.get(peer) or _HostStaged(channel)
         return channel
 
     def _guard(self, fn, peer: int):
