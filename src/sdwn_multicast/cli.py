@@ -221,11 +221,12 @@ def cmd_train(args) -> int:
 
     over = {k: v for k, v in {"critic": args.critic, "source": args.source, "episodes": args.episodes,
                               "bc_episodes": args.bc_episodes, "dataset_dir": args.dataset,
-                              "seed": args.seed}.items() if v is not None}
+                              "seed": args.seed, "expert": args.expert, "init_from": args.init_from,
+                              "lr": args.lr}.items() if v is not None}
     try:
         cfg = replace(PRESETS[args.preset], **over)
         r = train(cfg, args.out, progress=not args.no_progress)
-    except (TrainConfigError, DatasetError) as exc:
+    except (TrainConfigError, DatasetError, FileNotFoundError) as exc:
         raise CliError(f"train: {exc}") from None
     print(f"{r['episodes']} episodes in {r['seconds']:.1f} s: valid-tree rate {r['valid_rate']:.2f}, mean return "
           f"first fifth {r['first_return']:.3f} -> last fifth {r['last_return']:.3f}")
@@ -308,12 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_control)
 
     sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")
-    sp.add_argument("--preset", choices=["tiny", "paper30"], default="tiny")
+    sp.add_argument("--preset", choices=["tiny", "paper30", "geant"], default="tiny")
     sp.add_argument("--critic", choices=["central", "local"], help="central = MAPPO (default), local = IPPO")
     sp.add_argument("--source", choices=["offline", "online"], help="replay snapshots or a live simulator")
     sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")
     sp.add_argument("--episodes", type=positive_int)
-    sp.add_argument("--bc-episodes", type=non_negative_int, help="composed-KMB episodes for a BC warm start")
+    sp.add_argument("--bc-episodes", type=non_negative_int, help="expert episodes for a BC warm start (0: none)")
+    sp.add_argument("--expert", choices=["widest", "composed-kmb"], help="behaviour-cloning teacher")
+    sp.add_argument("--init-from", help="start from this training output (offline pre-training -> online)")
+    sp.add_argument("--lr", type=_positive_float, help="PPO learning rate")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", default="out/sdwn_train", help="output folder (default out/sdwn_train)")
     sp.add_argument("--no-progress", action="store_true")

@@ -54,3 +54,11 @@ def test_a_checkpoint_with_another_domain_count_is_refused_clearly(capsys):
 def test_a_missing_checkpoint_folder_is_a_clear_error(tmp_path):
     with pytest.raises(MarlCheckpointError, match="needs checkpoint.pt and config.json"):
         MarlRouter(tmp_path)
+
+
+def test_the_committed_paper30_agents_build_wider_trees_than_delay_weighted_kmb():
+    cfg = EvalConfig(topologies=("paper30",), methods=("marl", "kmb"), n_requests=10, seed=3,
+                     steps_between_requests=(30, 360))
+    df = run_evaluation(cfg, progress=False).rows
+    assert df[df.method == "marl"].valid.all()
+    assert bottleneck_ratio(df).mean() > 1.03

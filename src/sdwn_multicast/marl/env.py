@@ -48,11 +48,26 @@ Reward (shared by all agents, CTDE-friendly): 0 on every step except
 * ``-failure_penalty`` at the end when no tree was built.
 
 Observations come from a :class:`~sdwn_multicast.simulator.LinkStateSnapshot` — the link state the
-controllers have synchronised — never from the simulator's internal state.
+controllers have synchronised — never from the simulator's internal state. Besides the raw per-link
+matrices, each domain agent sees two per-node summaries its controller computes from that same link state
+(:meth:`CrossDomainMulticastEnv.graft_view`): ``seg_bw``, the widest bottleneck (Mb/s / ``bw_ref_mbps``)
+from the domain's entry through the current segment to the node, avoiding the walk, and ``seg_reach``,
+1 / (1 + hops from the node to the segment avoiding the walk) (0: the segment is unreachable, which is
+also what the mask uses). The root sees, per crossing, the widest bottleneck from the parent domain's
+entry to the exit (``exit_bw``), from the new entry to the new domain's local members (``entry_bw``) and
+onwards to needed domains outside the plan (``transit_bw``).
+A one-hop scorer cannot see bottlenecks further away; these give it the link state a routing decision
+needs, the way a link-state router runs its own shortest-path computation.
+
+Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck
+and hop counts, components, the ``networkx`` graph) is computed once per snapshot and cached; a step
+updates small per-domain numpy arrays (no graph objects), so a decision is dominated by the actors.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +75,7 @@ import networkx as nx
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
+from scipy.sparse.csgraph import shortest_path
 
 from ..simulator import LinkStateSimulator, LinkStateSnapshot
 from ..topology import MultiDomainTopology, Node, TopologyError, load_topology
@@ -75,8 +91,11 @@ ROOT = "root"
 #: Per-link fields an agent observes and their scale (value / scale is what it sees).
 LINK_FIELDS: tuple[str, ...] = ("free_bw_mbps", "delay_ms", "loss", "up")
 #: Per-node indicator channels of the ``"nodes"`` observation.
-NODE_CHANNELS: tuple[str, ...] = ("in_tree", "on_walk", "head", "pending", "member", "entry", "exit")
-ROOT_CROSSING_EXTRA: tuple[str, ...] = ("touches_plan", "inside_plan", "chosen")
+NODE_CHANNELS: tuple[str, ...] = ("in_tree", "on_walk", "head", "pending", "member", "entry", "exit",
+                                   "seg_bw", "seg_reach")
+ROOT_CROSSING_EXTRA: tuple[str, ...] = ("touches_plan", "inside_plan", "chosen", "exit_bw", "entry_bw", "transit_bw")
+#: snapshots whose per-snapshot arrays are kept (offline replay revisits the same few snapshots)
+SNAPSHOT_CACHE_SIZE = 128
 ROOT_DOMAIN_CHANNELS: tuple[str, ...] = ("in_plan", "needed", "has_members", "source_domain")
 
 
@@ -86,6 +105,51 @@ class InvalidActionError(ValueError):
 
 def domain_agent(d: int) -> str:
     return f"domain_{d}"
+
+
+def widest_bottleneck_all_pairs(bw: np.ndarray) -> np.ndarray:
+    """All-pairs widest-path (max-min) bottleneck of a symmetric (n, n) bandwidth matrix, 0 = no link.
+
+    Floyd-Warshall over the (max, min) semiring, vectorised per pivot: O(n^3) flops in n numpy steps.
+    The diagonal is +inf (a node reaches itself without a bottleneck); unreachable pairs are 0.
+    """
+    w = bw.astype(float, copy=True)
+    np.fill_diagonal(w, np.inf)
+    for k in range(len(w)):
+        np.maximum(w, np.minimum(w[:, k:k + 1], w[k:k + 1, :]), out=w)
+    return w
+
+
+class _SnapshotView:
+    """Everything an episode needs that depends only on the snapshot (computed once, cached per env)."""
+
+    def __init__(self, env: CrossDomainMulticastEnv, snapshot: LinkStateSnapshot):
+        cfg, topo = env.config, env.topology
+        self.graph = snapshot.to_graph()
+        self.dgraph = [self.graph.subgraph(ns) for ns in env._dnodes]
+        free = np.where(snapshot.up, snapshot.free_bw_mbps, 0.0)
+        scale = cfg.link_scale[:, None, None]
+        self.links, self.bw, self.adj, self.widest, self.hops, self.nbrs = [], [], [], [], [], []
+        self.comp: dict[Node, int] = {}
+        for d in range(topo.n_domains):
+            self.links.append((snapshot.feature_tensor(LINK_FIELDS, domain=d) / scale).astype(np.float32))
+            bw = snapshot.domain_dense(free, d)
+            adj = snapshot.domain_dense(snapshot.up.astype(float), d) > 0
+            bw = np.where(adj, np.maximum(bw, 1e-6), 0.0)  # an up link with 0 free bandwidth is still a link
+            self.bw.append(bw)
+            self.adj.append(adj)
+            self.nbrs.append([np.flatnonzero(row) for row in adj])
+            self.widest.append(widest_bottleneck_all_pairs(bw))
+            hops = shortest_path(adj.astype(float), unweighted=True, directed=False)
+            self.hops.append(hops)
+            # component label = smallest local index reachable (a node always reaches itself)
+            for i, n in enumerate(env._dnodes[d]):
+                self.comp[n] = int(np.argmax(np.isfinite(hops[i])))
+        feats = [np.where(snapshot.up, np.asarray(getattr(snapshot, f), dtype=float), 0.0) for f in LINK_FIELDS]
+        self.link_features = (np.stack(feats, axis=1) / cfg.link_scale[None, :]).astype(np.float32)
+        self.inter_features = self.link_features[[topo.edge_index[e] for e in env._inter]]
+        self.inter_bw = np.array([free[topo.edge_index[e]] if snapshot.up[topo.edge_index[e]] else 0.0
+                                  for e in env._inter])
 
 
 @dataclass(frozen=True)
@@ -99,6 +163,8 @@ class MarlEnvConfig:
     failure_penalty: float = 2.0
     #: step budget per episode = this x (number of nodes + number of inter-domain links)
     step_budget_factor: int = 4
+    #: bandwidth quantum (Mb/s) when choosing which pending terminal to graft next (widest first)
+    graft_order_bw_step_mbps: float = 0.5
 
     def __post_init__(self) -> None:
         lo, hi = self.group_size
@@ -139,7 +205,11 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self.agents: list[str] = []
         self._dnodes = [topo.domain_nodes(d) for d in range(nd)]
         self._local = [{n: i for i, n in enumerate(ns)} for ns in self._dnodes]
+        self._rows = [np.array([topo.node_index[n] for n in ns], dtype=np.int64) for ns in self._dnodes]
         self._inter = topo.inter_domain_links
+        self._boundary_local = [np.array(sorted(self._local[d][n] for n in topo.boundary_nodes(d)), dtype=np.int64)
+                                for d in range(nd)]
+        self._views: OrderedDict[int, tuple[LinkStateSnapshot, _SnapshotView]] = OrderedDict()
         n_f, n_c = len(LINK_FIELDS), len(NODE_CHANNELS)
         self._obs_spaces: dict[str, spaces.Dict] = {ROOT: spaces.Dict({
             "crossings": spaces.Box(0.0, np.inf, (len(self._inter), n_f + len(ROOT_CROSSING_EXTRA)), np.float32),
@@ -198,13 +268,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         elif not 0 <= idx < len(self.snapshots):
             raise IndexError(f"snapshot_index {idx} out of range (0..{len(self.snapshots) - 1})")
         self.snapshot = self.snapshots[idx]
-        self.graph = self.snapshot.to_graph()
-        self._dgraph = [self.graph.subgraph(ns) for ns in self._dnodes]
-        self._comp: dict[Node, int] = {}
-        for g in self._dgraph:
-            for c, comp in enumerate(nx.connected_components(g)):
-                for n in comp:
-                    self._comp[n] = c
+        self._view = self._snapshot_view(self.snapshot)
+        self.graph, self._dgraph, self._comp = self._view.graph, self._view.dgraph, self._view.comp
         if "source" in options or "members" in options:
             if "source" not in options or "members" not in options:
                 raise MulticastError("a fixed request needs both 'source' and 'members'")
@@ -216,6 +281,18 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._start_episode()
         self.agents = list(self.possible_agents)
         return self._observations(), self._infos()
+
+    def _snapshot_view(self, snapshot: LinkStateSnapshot) -> _SnapshotView:
+        key = id(snapshot)
+        hit = self._views.get(key)
+        if hit is not None and hit[0] is snapshot:
+            self._views.move_to_end(key)
+            return hit[1]
+        view = _SnapshotView(self, snapshot)
+        self._views[key] = (snapshot, view)
+        if len(self._views) > SNAPSHOT_CACHE_SIZE:
+            self._views.popitem(last=False)
+        return view
 
     def _draw_request(self) -> tuple[Node, tuple[Node, ...]]:
         comp = sorted(max(nx.connected_components(self.graph), key=len), key=self.topology.node_index.get)
@@ -261,9 +338,12 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self.segment: dict[int, nx.Graph] = {}
         self.pending: dict[int, list[Node]] = {}
         self.walk: dict[int, list[Node]] = {}
-        self._mask_step = None
-        self._root_mask = self._compute_root_mask()
+        # widest bottleneck from the entry along the segment, per local node (-1: not in the segment)
+        self._seg_bw = [np.full(len(ns), -1.0) for ns in self._dnodes]
+        self._member_local = [np.array([self._local[d][m] for m in self.local_members[d]], dtype=np.int64)
+                              for d in range(self.topology.n_domains)]
         self._maybe_finish_inter()
+        self._refresh()
 
     # ---- root (inter-domain) ----
     def _crossing(self, j: int) -> tuple[Node, Node] | None:
@@ -347,42 +427,68 @@ class CrossDomainMulticastEnv(ParallelEnv):
             seg = nx.Graph()
             seg.add_node(e)
             self.segment[d] = seg
-            dist = nx.single_source_shortest_path_length(self._dgraph[d], e)
+            self._seg_bw[d][self._local[d][e]] = np.inf
+            dist = self._view.hops[d][self._local[d][e]]
             terms = [t for t in dict.fromkeys([*self.local_members[d], *self.exits[d]]) if t != e]
-            self.pending[d] = sorted(terms, key=lambda t: (dist[t], self.topology.node_index[t]))
+            self.pending[d] = sorted(terms, key=lambda t: (dist[self._local[d][t]], self.topology.node_index[t]))
             self.walk[d] = []
             self._next_walk(d)
 
     # ---- domain agents (intra-domain) ----
     def _next_walk(self, d: int) -> None:
+        """Start the next graft: the pending terminal with the widest bottleneck into the segment (ties:
+        fewer hops, then the hop order from the entry) — Takahashi-Matsuyama's "closest terminal first"
+        with the bottleneck as the distance."""
         seg = self.segment[d]
-        while self.pending[d] and self.pending[d][0] in seg:
-            self.pending[d].pop(0)
-        self.walk[d] = [self.pending[d].pop(0)] if self.pending[d] else []
+        self.pending[d] = [t for t in self.pending[d] if t not in seg]
+        if not self.pending[d]:
+            self.walk[d] = []
+            return
+        self.walk[d] = []
+        b, hops = self.graft_view(d)
+        loc, step = self._local[d], self.config.graft_order_bw_step_mbps
+        best = max(range(len(self.pending[d])),
+                   key=lambda k: (math.floor(b[loc[self.pending[d][k]]] / step + 1e-9),
+                                  -hops[loc[self.pending[d][k]]], -k))
+        self.walk[d] = [self.pending[d].pop(best)]
 
-    def _domain_mask(self, d: int) -> np.ndarray:
+    def graft_view(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Domain ``d``'s graft summary per local node: (widest bottleneck in Mb/s from the entry through the
+        segment to the node avoiding the walk, 0 if unreachable; hops to the segment avoiding the walk,
+        inf if unreachable). Segment nodes hold their own bottleneck and 0 hops; walk nodes 0 and inf.
+
+        A max-min / min-plus relaxation over the domain's matrices (at most n numpy sweeps).
+        """
+        view = self._view
+        seg_bw = self._seg_bw[d]
+        in_seg = seg_bw >= 0
+        blocked = np.zeros(len(seg_bw), dtype=bool)
+        blocked[[self._local[d][n] for n in self.walk.get(d) or []]] = True
+        free = ~blocked & ~in_seg
+        w = np.where(blocked[None, :], 0.0, view.bw[d])
+        adj = w > 0
+        b = np.where(in_seg, seg_bw, 0.0)
+        hops = np.where(in_seg, 0.0, np.inf)
+        for _ in range(len(b)):
+            nb = np.where(free, np.maximum(b, np.minimum(w, b[None, :]).max(axis=1)), b)
+            nh = np.where(free, np.minimum(hops, np.where(adj, hops[None, :], np.inf).min(axis=1) + 1), hops)
+            if np.array_equal(nb, b) and np.array_equal(nh, hops):
+                break
+            b, hops = nb, nh
+        return b, hops
+
+    def _domain_mask(self, d: int, hops: np.ndarray | None) -> np.ndarray:
         n = len(self._dnodes[d])
         mask = np.zeros(n + 1, dtype=np.int8)
         walk = self.walk.get(d)
         if self.phase != "intra" or not walk:
             mask[-1] = 1
             return mask
-        on_walk = set(walk)
-        g = self._dgraph[d]
-        # nodes from which the segment is reachable without touching the walk
-        free = g.subgraph([x for x in g if x not in on_walk])
-        seg_nodes = list(self.segment[d].nodes)
-        reach = set(seg_nodes)
-        frontier = list(seg_nodes)
-        while frontier:
-            x = frontier.pop()
-            for y in free[x]:
-                if y not in reach:
-                    reach.add(y)
-                    frontier.append(y)
-        for y in g[walk[-1]]:
-            if y not in on_walk and y in reach:
-                mask[self._local[d][y]] = 1
+        # next hop: an up neighbour of the head, off the walk, from which the segment is still reachable
+        # without crossing the walk (walk nodes have hops = inf), so a walk never reaches a dead end
+        nbrs = self._view.nbrs[d][self._local[d][walk[-1]]]
+        ok = nbrs[np.isfinite(hops[nbrs])]
+        mask[ok] = 1
         if not mask.any():  # impossible by the reachability invariant (module docstring); never silent
             raise RuntimeError(f"domain {d}: walk {walk} has no valid next hop (invariant broken)")
         return mask
@@ -392,6 +498,15 @@ class CrossDomainMulticastEnv(ParallelEnv):
         walk = self.walk[d]
         if nxt in self.segment[d]:
             nx.add_path(self.segment[d], [*walk, nxt])
+            # the walk's nodes inherit the attachment's bottleneck, narrowed link by link back to the start
+            loc, bw, seg_bw = self._local[d], self._view.bw[d], self._seg_bw[d]
+            prev = loc[nxt]
+            b = seg_bw[prev]
+            for node in reversed(walk):
+                i = loc[node]
+                b = min(b, bw[prev, i])
+                seg_bw[i] = b
+                prev = i
             self._next_walk(d)
         else:
             walk.append(nxt)
@@ -400,7 +515,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
     def step(self, actions: dict[str, int]):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        masks = self._masks
+        masks = self._mask
         reward = 0.0
         active = self._active_agents()
         for agent in active:
@@ -428,8 +543,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
             self.failure = f"step budget of {self.max_steps} exhausted in the {self.phase} phase"
             reward -= self.config.failure_penalty
             truncated = True
-        if self.phase == "inter" and self.failure is None:
-            self._root_mask = self._compute_root_mask()
+        self._refresh()
         obs, infos = self._observations(), self._infos()
         rewards = dict.fromkeys(self.agents, reward)
         terms = dict.fromkeys(self.agents, done)
@@ -462,67 +576,97 @@ class CrossDomainMulticastEnv(ParallelEnv):
             return [ROOT]
         return [domain_agent(d) for d in range(self.topology.n_domains) if self.walk.get(d)]
 
-    @property
-    def _masks(self) -> dict[str, np.ndarray]:
-        if getattr(self, "_mask_step", None) != (self.step_count, self.phase, self.failure):
-            self._mask_cache = {ROOT: self._root_mask if self.phase == "inter" else self._compute_root_mask()}
-            for d in range(self.topology.n_domains):
-                self._mask_cache[domain_agent(d)] = self._domain_mask(d)
-            self._mask_step = (self.step_count, self.phase, self.failure)
-        return self._mask_cache
+    def _refresh(self) -> None:
+        """Masks and per-domain node features for the current step (one graft relaxation per active domain)."""
+        self._mask = {ROOT: self._compute_root_mask()}
+        self._graft: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for d in range(self.topology.n_domains):
+            if self.phase == "intra" and self.walk.get(d):
+                self._graft[d] = self.graft_view(d)
+            self._mask[domain_agent(d)] = self._domain_mask(d, self._graft.get(d, (None, None))[1])
+
+    def _domain_nodes(self, d: int) -> np.ndarray:
+        """(n_d, len(NODE_CHANNELS)) float32: indicators and graft summaries of domain ``d``'s APs."""
+        loc = self._local[d]
+        out = np.zeros((len(loc), len(NODE_CHANNELS)), dtype=np.float32)
+        seg_bw = self._seg_bw[d]
+        out[:, 0] = seg_bw >= 0
+        walk = self.walk.get(d) or []
+        if walk:
+            out[[loc[n] for n in walk], 1] = 1
+            out[loc[walk[-1]], 2] = 1
+        pending = self.pending.get(d) or []
+        if pending:
+            out[[loc[n] for n in pending], 3] = 1
+        out[self._member_local[d], 4] = 1
+        if d in self.entry:
+            out[loc[self.entry[d]], 5] = 1
+            if self.exits[d]:
+                out[[loc[n] for n in self.exits[d]], 6] = 1
+        graft = self._graft.get(d)
+        if graft is not None:
+            b, hops = graft
+            out[:, 7] = np.minimum(b, self.config.bw_ref_mbps) / self.config.bw_ref_mbps
+            out[:, 8] = 1.0 / (1.0 + hops)
+        else:  # idle: the segment itself, nothing to graft
+            out[:, 7] = np.minimum(np.maximum(seg_bw, 0.0), self.config.bw_ref_mbps) / self.config.bw_ref_mbps
+            out[:, 8] = out[:, 0]
+        return out
 
     def _node_indicators(self) -> np.ndarray:
-        """(N, len(NODE_CHANNELS)) float32 in ``topology.nodes`` order."""
-        idx = self.topology.node_index
-        out = np.zeros((len(idx), len(NODE_CHANNELS)), dtype=np.float32)
-        col = {c: i for i, c in enumerate(NODE_CHANNELS)}
-        for d, seg in self.segment.items():
-            for n in seg:
-                out[idx[n], col["in_tree"]] = 1
-            for n in self.walk.get(d, []):
-                out[idx[n], col["on_walk"]] = 1
-            if self.walk.get(d):
-                out[idx[self.walk[d][-1]], col["head"]] = 1
-            for n in self.pending.get(d, []):
-                out[idx[n], col["pending"]] = 1
-        for m in self.members:
-            out[idx[m], col["member"]] = 1
-        for e in self.entry.values():
-            out[idx[e], col["entry"]] = 1
-        for ex in self.exits.values():
-            for n in ex:
-                out[idx[n], col["exit"]] = 1
+        """(N, len(NODE_CHANNELS)) float32 in ``topology.nodes`` order (all domains)."""
+        out = np.zeros((len(self.topology.nodes), len(NODE_CHANNELS)), dtype=np.float32)
+        for d in range(self.topology.n_domains):
+            out[self._rows[d]] = self._domain_nodes(d)
         return out
 
     def _observations(self) -> dict[str, dict[str, np.ndarray]]:
-        masks = self._masks
-        scale = self.config.link_scale[:, None, None]
-        nodes = self._node_indicators()
-        dom_arr = self.topology.domain_array
         obs: dict[str, dict[str, np.ndarray]] = {}
         for d in range(self.topology.n_domains):
-            links = self.snapshot.feature_tensor(LINK_FIELDS, domain=d) / scale
-            obs[domain_agent(d)] = {"links": links.astype(np.float32), "nodes": nodes[dom_arr == d],
-                                    "action_mask": masks[domain_agent(d)]}
+            obs[domain_agent(d)] = {"links": self._view.links[d], "nodes": self._domain_nodes(d),
+                                    "action_mask": self._mask[domain_agent(d)]}
         obs[ROOT] = {"crossings": self._root_crossings(), "domains": self._root_domains(),
-                     "action_mask": masks[ROOT]}
+                     "action_mask": self._mask[ROOT]}
         return obs
 
-    def _link_features(self) -> np.ndarray:
-        """(E, len(LINK_FIELDS)) scaled per-link features, 0 on failed links."""
-        s = self.snapshot
-        cols = [np.where(s.up, np.asarray(getattr(s, f), dtype=float), 0.0) for f in LINK_FIELDS]
-        return (np.stack(cols, axis=1) / self.config.link_scale[None, :]).astype(np.float32)
+    def crossing_bottlenecks(self, j: int) -> tuple[float, float, float]:
+        """(exit_bw, entry_bw, transit_bw) of inter-domain link ``j`` as the next crossing, in Mb/s (zeros
+        if it is not a possible crossing now).
+
+        exit_bw: widest bottleneck inside the parent domain from its entry to the exit AP. entry_bw: mean
+        over the new domain's local members of the widest bottleneck from the new entry (0 without
+        members). transit_bw: the best min(widest bottleneck from the new entry to one of the new domain's
+        boundary APs, free bandwidth of an up link from there into a needed domain outside the plan) — what
+        the crossing offers domains further on (0 if none).
+        """
+        cross = self._crossing(j)
+        if cross is None:
+            return 0.0, 0.0, 0.0
+        bp, bc = cross
+        dom, view = self.topology.domain_of, self._view
+        pd, cd = dom[bp], dom[bc]
+        exit_bw = view.widest[pd][self._local[pd][self.entry[pd]], self._local[pd][bp]]
+        row = view.widest[cd][self._local[cd][bc]]
+        members = self._member_local[cd]
+        entry_bw = float(row[members].mean()) if len(members) else 0.0
+        transit_bw = 0.0
+        missing = self.needed - set(self.entry) - {cd}
+        for k, (u, v) in enumerate(self._inter):
+            for x, y in ((u, v), (v, u)):
+                if dom[x] == cd and dom[y] in missing and view.inter_bw[k] > 0:
+                    transit_bw = max(transit_bw, min(row[self._local[cd][x]], view.inter_bw[k]))
+        return float(exit_bw), min(entry_bw, 1e9), float(min(transit_bw, 1e9))
 
     def _root_crossings(self) -> np.ndarray:
-        feats = self._link_features()[[self.topology.edge_index[e] for e in self._inter]]
         extra = np.zeros((len(self._inter), len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
         dom = self.topology.domain_of
         chosen = {j for j, _, _ in self.plan}
+        ref = self.config.bw_ref_mbps
         for j, (u, v) in enumerate(self._inter):
             a, b = dom[u] in self.entry, dom[v] in self.entry
-            extra[j] = (a or b, a and b, j in chosen)
-        return np.concatenate([feats, extra], axis=1)
+            bws = self.crossing_bottlenecks(j) if self.phase == "inter" else (0.0, 0.0, 0.0)
+            extra[j] = (a or b, a and b, j in chosen, *(min(x, ref) / ref for x in bws))
+        return np.concatenate([self._view.inter_features, extra], axis=1)
 
     def _root_domains(self) -> np.ndarray:
         dom_src = self.topology.domain_of[self.source]
@@ -532,7 +676,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
     def state(self) -> np.ndarray:
         """Global state for a centralised critic: per-link features, per-node indicators, phase one-hot."""
         phase = np.array([self.phase == "inter", self.phase == "intra"], dtype=np.float32)
-        return np.concatenate([self._link_features().ravel(), self._node_indicators().ravel(), phase])
+        return np.concatenate([self._view.link_features.ravel(), self._node_indicators().ravel(), phase])
 
     def _infos(self) -> dict[str, dict]:
         active = set(self._active_agents()) if self.failure is None and self.tree is None else set()
@@ -546,3 +690,32 @@ class CrossDomainMulticastEnv(ParallelEnv):
     def close(self) -> None:
         return None
 
+
+
+def widest_expert_action(env: CrossDomainMulticastEnv, agent: str, bw_step_mbps: float = 0.5) -> int:
+    """The bandwidth-aware expert's move (behaviour-cloning teacher): widest-path grafting.
+
+    Domain agent: the valid next hop that maximises the bottleneck the grafted terminal would get,
+    min(free bandwidth of the link from the head, the node's ``seg_bw``), quantised to ``bw_step_mbps``;
+    ties go to fewer hops to the segment, then the lower-delay link. Root: the valid crossing maximising
+    min(exit_bw, link free bandwidth, max(entry_bw, transit_bw))
+    (:meth:`CrossDomainMulticastEnv.crossing_bottlenecks`),
+    quantised the same way, ties to the lower link index; a stuck root backtracks. Grafting each terminal
+    by its widest path is Takahashi-Matsuyama with the bottleneck as the objective; a receiver's bottleneck
+    is then the best any path into the current segment offers.
+    """
+    mask = env._mask[agent]
+    valid = np.flatnonzero(mask[:-1])
+    if not len(valid):
+        return len(mask) - 1
+    q = lambda x: math.floor(x / bw_step_mbps + 1e-9)  # noqa: E731 - quantiser shared by both branches
+    if agent == ROOT:
+        def root_key(j: int):
+            exit_bw, entry_bw, transit_bw = env.crossing_bottlenecks(j)
+            return q(min(exit_bw, env._view.inter_bw[j], max(entry_bw, transit_bw))), -j
+        return int(max(valid, key=root_key))
+    d = int(agent.removeprefix("domain_"))
+    head = env._local[d][env.walk[d][-1]]
+    seg_bw, hops = env._graft[d]
+    bw, delay = env._view.bw[d][head], env._view.links[d][LINK_FIELDS.index("delay_ms"), head]
+    return int(max(valid, key=lambda y: (q(min(bw[y], seg_bw[y])), -hops[y], -delay[y], -y)))

@@ -11,7 +11,7 @@ view); :class:`LocalCritic` reads one domain agent's own observation (independen
 released design, kept as an ablation).
 
 Shapes (B = batch): domain observation ``links`` (B, F, n, n), ``nodes`` (B, n, C), ``action_mask``
-(B, n + 1); root observation ``crossings`` (B, L, F + 3), ``domains`` (B, D, 4), ``action_mask`` (B, L + 1).
+(B, n + 1); root observation ``crossings`` (B, L, F + 6), ``domains`` (B, D, 4), ``action_mask`` (B, L + 1).
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ from torch.distributions import Categorical
 from .env import LINK_FIELDS, NODE_CHANNELS, ROOT_CROSSING_EXTRA, ROOT_DOMAIN_CHANNELS
 
 _HEAD = NODE_CHANNELS.index("head")
+_SEG_BW, _SEG_REACH = NODE_CHANNELS.index("seg_bw"), NODE_CHANNELS.index("seg_reach")
+_BW, _UP = LINK_FIELDS.index("free_bw_mbps"), LINK_FIELDS.index("up")
+_X = len(LINK_FIELDS)  # root crossing columns: link fields, then ROOT_CROSSING_EXTRA
+_X_TOUCHES, _X_INSIDE, _X_EXIT, _X_ENTRY, _X_TRANSIT = (_X + ROOT_CROSSING_EXTRA.index(c) for c in (
+    "touches_plan", "inside_plan", "exit_bw", "entry_bw", "transit_bw"))
+#: width of :func:`_node_features`' output
+NODE_FEATURES = 2 * len(NODE_CHANNELS) + 3 * len(LINK_FIELDS) + 4
+#: relative features are differences of quantities scaled to [0, 1]; this gain makes 1 Mb/s of a 40 Mb/s
+#: reference (0.025) a 0.25 step, which a tanh MLP separates easily
+_REL_GAIN = 10.0
 
 
 def masked_categorical(logits: torch.Tensor, mask: torch.Tensor) -> Categorical:
@@ -40,16 +50,29 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 
 
 def _node_features(links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    """Per-node inputs (B, n, C + 3F + C): own indicators, the link from the walk head to the node,
-    mean and max of the node's incident links, and the mean indicators of its up neighbours."""
-    up = links[:, LINK_FIELDS.index("up")]                       # (B, n, n)
+    """Per-node inputs (B, n, NODE_FEATURES): own indicators, the link from the walk head to the node,
+    mean and max of the node's incident links, the mean indicators of its up neighbours, and what moving
+    to the node would give: min(link bandwidth from the head, the node's ``seg_bw``) and ``seg_reach``
+    over that link (both 0 for a node that is not the head's neighbour), also relative to the best
+    candidate."""
+    up = links[:, _UP]                                             # (B, n, n)
     head = nodes[..., _HEAD]                                       # (B, n) one-hot or all zero
     from_head = torch.einsum("bi,bfij->bjf", head, links)         # (B, n, F)
     deg = up.sum(-1, keepdim=True).clamp(min=1.0)                  # (B, n, 1)
     mean_link = links.sum(-1).transpose(1, 2) / deg                # (B, n, F)
     max_link = links.amax(-1).transpose(1, 2)                      # (B, n, F)
     nbr = torch.bmm(up, nodes) / deg                               # (B, n, C)
-    return torch.cat([nodes, from_head, mean_link, max_link, nbr], dim=-1)
+    via_bw = torch.minimum(from_head[..., _BW], nodes[..., _SEG_BW]) * from_head[..., _UP]
+    via_reach = nodes[..., _SEG_REACH] * from_head[..., _UP]
+    # the same two relative to the best candidate (a neighbour that still reaches the segment): a ranking
+    # among next hops is what the actor outputs, and raw values differ little between candidates
+    cand = via_reach > 0
+    best_bw = via_bw.masked_fill(~cand, -1.0).amax(-1, keepdim=True).clamp(min=0.0)
+    best_reach = via_reach.amax(-1, keepdim=True)
+    rel_bw = ((via_bw - best_bw) * _REL_GAIN).masked_fill(~cand, -1.0)
+    rel_reach = ((via_reach - best_reach) * _REL_GAIN).masked_fill(~cand, -1.0)
+    extra = torch.stack([via_bw, via_reach, rel_bw, rel_reach], dim=-1)
+    return torch.cat([nodes, from_head, mean_link, max_link, nbr, extra], dim=-1)
 
 
 class DomainActor(nn.Module):
@@ -57,8 +80,7 @@ class DomainActor(nn.Module):
 
     def __init__(self, hidden: int = 64):
         super().__init__()
-        n_f, n_c = len(LINK_FIELDS), len(NODE_CHANNELS)
-        self.scorer = _mlp(2 * n_c + 3 * n_f, hidden, 1)
+        self.scorer = _mlp(NODE_FEATURES, hidden, 1)
         self.noop_logit = nn.Parameter(torch.zeros(1))
 
     def forward(self, links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
@@ -71,14 +93,22 @@ class RootActor(nn.Module):
 
     def __init__(self, hidden: int = 64):
         super().__init__()
-        n_in = len(LINK_FIELDS) + len(ROOT_CROSSING_EXTRA) + len(ROOT_DOMAIN_CHANNELS)
+        n_in = len(LINK_FIELDS) + len(ROOT_CROSSING_EXTRA) + len(ROOT_DOMAIN_CHANNELS) + 2
         self.scorer = _mlp(n_in, hidden, 1)
         self.noop_logit = nn.Parameter(torch.zeros(1))
 
     def forward(self, crossings: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
-        # every crossing also sees the plan summary (mean over domains), so scores depend on progress
+        # every crossing also sees the plan summary (mean over domains), so scores depend on progress, and
+        # its end-to-end bottleneck min(exit_bw, link, max(entry_bw, transit_bw)), also relative to the best
+        # candidate
         summary = domains.mean(dim=1, keepdim=True).expand(-1, crossings.shape[1], -1)
-        scores = self.scorer(torch.cat([crossings, summary], dim=-1)).squeeze(-1)  # (B, L)
+        onward = torch.maximum(crossings[..., _X_ENTRY], crossings[..., _X_TRANSIT])
+        cross_bw = torch.minimum(torch.minimum(crossings[..., _X_EXIT], crossings[..., _BW]), onward)
+        cand = (crossings[..., _X_TOUCHES] > 0) & (crossings[..., _X_INSIDE] == 0)
+        best = cross_bw.masked_fill(~cand, -1.0).amax(-1, keepdim=True).clamp(min=0.0)
+        rel = ((cross_bw - best) * _REL_GAIN).masked_fill(~cand, -1.0)
+        x = torch.cat([crossings, summary, cross_bw[..., None], rel[..., None]], dim=-1)
+        scores = self.scorer(x).squeeze(-1)  # (B, L)
         return torch.cat([scores, self.noop_logit.expand(scores.shape[0], 1)], dim=-1)
 
 
@@ -98,8 +128,7 @@ class LocalCritic(nn.Module):
 
     def __init__(self, hidden: int = 64):
         super().__init__()
-        n_f, n_c = len(LINK_FIELDS), len(NODE_CHANNELS)
-        self.net = _mlp(2 * n_c + 3 * n_f, hidden, 1)
+        self.net = _mlp(NODE_FEATURES, hidden, 1)
 
     def forward(self, links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         return self.net(_node_features(links, nodes).mean(dim=1)).squeeze(-1)

@@ -23,8 +23,10 @@ steps before each episode — online fine-tuning against the changing network.
 Outputs of :func:`train` in ``out_dir``: ``checkpoint.pt`` (state dicts), ``config.json``, ``train_log.csv``
 (one row per episode) and ``convergence.png``.
 
-Behaviour cloning (``bc_episodes > 0``): before PPO, the actors are warm-started on the moves that follow
-the composed-KMB tree (inter-domain plan + KMB inside each domain), the expert of issue 8.
+Behaviour cloning (``bc_episodes > 0``): before PPO, the actors are warm-started on an expert's moves.
+``TrainConfig.expert``: ``"widest"`` (default) is the bandwidth-aware widest-path grafting of
+:func:`~sdwn_multicast.marl.env.widest_expert_action`; ``"composed-kmb"`` follows the composed-KMB tree
+(inter-domain plan + delay-weighted KMB inside each domain), which teaches short, low-delay trees.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from torch import nn
 
 from ..simulator import LinkStateSimulator, LinkStateSnapshot
 from ..topology import load_topology
-from .env import ROOT, CrossDomainMulticastEnv
+from .env import ROOT, CrossDomainMulticastEnv, widest_expert_action
 from .policy import (
     CentralCritic,
     DomainActor,
@@ -51,12 +53,12 @@ from .policy import (
     RootActor,
     RootLocalCritic,
     domain_action_and_logprob,
-    masked_categorical,
     obs_to_tensors,
     root_action_and_logprob,
 )
 
 CRITICS = ("central", "local")
+EXPERTS = ("widest", "composed-kmb")
 SOURCES = ("offline", "online")
 LOG_FIELDS = ("episode", "update", "return", "valid", "cost", "bottleneck_bw_mbps", "tree_length", "steps",
               "backtracks", "policy_loss", "value_loss", "entropy", "seconds")
@@ -89,10 +91,14 @@ class TrainConfig:
     steps_between: int = 30            # simulator steps between recorded / online snapshots
     bc_episodes: int = 0               # behaviour-cloning warm start: expert (composed-KMB) episodes
     bc_epochs: int = 20                # passes over the expert transitions
+    expert: str = "widest"             # behaviour-cloning teacher: "widest" | "composed-kmb"
+    init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
 
     def __post_init__(self) -> None:
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
+        if self.expert not in EXPERTS:
+            raise TrainConfigError(f"expert must be one of {EXPERTS}, got {self.expert!r}")
         if self.source not in SOURCES:
             raise TrainConfigError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.dataset_dir is not None and self.source != "offline":
@@ -121,11 +127,15 @@ class TrainConfig:
         return cls(**data)
 
 
-#: ``sdwn-mcast train --preset``: tiny is a smoke run (seconds), paper30 a real pre-training run.
+#: ``sdwn-mcast train --preset``: tiny is a smoke run (seconds); paper30 and geant are the committed
+#: checkpoints' runs (BC from the widest-path expert on recorded snapshots, then offline MAPPO; ~1 min).
 PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(topology="paper9", episodes=12, episodes_per_update=4, update_epochs=2, hidden=32,
                         n_snapshots=4),
-    "paper30": TrainConfig(topology="paper30", episodes=2000, episodes_per_update=16, n_snapshots=64),
+    "paper30": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
+                           bc_episodes=1024, bc_epochs=60),
+    "geant": TrainConfig(topology="geant", n_domains=3, episodes=800, episodes_per_update=16, n_snapshots=128,
+                         bc_episodes=1024, bc_epochs=60),
 }
 
 
@@ -152,11 +162,12 @@ class MultiAgentPolicy(nn.Module):
         return domain_action_and_logprob(self.domain_actors[_domain_index(agent)], obs, action)
 
     def greedy(self, agent: str, obs: dict[str, torch.Tensor]) -> int:
+        """The most probable unmasked action (argmax of the masked logits; no distribution is built)."""
         if agent == ROOT:
             logits = self.root_actor(obs["crossings"], obs["domains"])
         else:
             logits = self.domain_actors[_domain_index(agent)](obs["links"], obs["nodes"])
-        return int(masked_categorical(logits, obs["action_mask"]).probs.argmax(-1))
+        return int(logits.masked_fill(obs["action_mask"] == 0, float("-inf")).argmax(-1))
 
     def value(self, agent: str, obs: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         if self.critic_kind == "central":
@@ -230,9 +241,9 @@ def run_episode(env: CrossDomainMulticastEnv, policy: MultiAgentPolicy, seed: in
     traj: dict[str, list[AgentTransition]] = {a: [] for a in env.possible_agents}
     total = 0.0
     while env.agents:
-        state = torch.as_tensor(env.state()).unsqueeze(0)
+        state = None if greedy else torch.as_tensor(env.state()).unsqueeze(0)  # the critic's input only
         actions = {}
-        with torch.no_grad():
+        with torch.inference_mode():
             for agent in env.agents:
                 if not infos[agent]["active"]:
                     actions[agent] = len(obs[agent]["action_mask"]) - 1  # NOOP, the only unmasked move
@@ -291,11 +302,12 @@ def expert_action(env: CrossDomainMulticastEnv, agent: str, mask: np.ndarray, tr
     return a if a is not None and mask[a] else None
 
 
-def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: int, seed: int
-                            ) -> list[tuple[str, dict[str, torch.Tensor], int]]:
+def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: int, seed: int,
+                            expert: str = "widest") -> list[tuple[str, dict[str, torch.Tensor], int]]:
     """Roll out the expert's moves; (agent, obs, expert action) for every labelled step.
 
-    Unlabelled steps (the env drifted off the expert tree) take a random valid move and are not recorded.
+    With ``"composed-kmb"``, unlabelled steps (the env drifted off the expert tree) take a random valid move
+    and are not recorded; the ``"widest"`` expert labels every step.
     """
     from ..evaluation import build_tree
 
@@ -304,7 +316,9 @@ def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: in
     for i in range(n_episodes):
         env.snapshots = source.episode_snapshots()
         obs, infos = env.reset(seed=seed + i)
-        tree = build_tree(EXPERT_METHOD, env.topology, env.graph, env.source, env.members, "delay_ms")
+        tree = None
+        if expert == EXPERT_METHOD:
+            tree = build_tree(EXPERT_METHOD, env.topology, env.graph, env.source, env.members, "delay_ms")
         while env.agents:
             actions = {}
             for agent in env.agents:
@@ -312,7 +326,7 @@ def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: in
                 if not infos[agent]["active"]:
                     actions[agent] = len(mask) - 1
                     continue
-                a = expert_action(env, agent, mask, tree)
+                a = expert_action(env, agent, mask, tree) if tree is not None else widest_expert_action(env, agent)
                 if a is None:
                     actions[agent] = int(rng.choice(np.flatnonzero(mask)))
                 else:
@@ -323,8 +337,9 @@ def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: in
 
 
 def behaviour_cloning(policy: MultiAgentPolicy, data: list[tuple[str, dict[str, torch.Tensor], int]],
-                      epochs: int, lr: float) -> list[float]:
-    """Maximise the masked log-likelihood of the expert's moves; returns the mean loss per epoch."""
+                      epochs: int, lr: float, batch_size: int = 256, seed: int = 0) -> list[float]:
+    """Maximise the masked log-likelihood of the expert's moves (Adam, shuffled minibatches per agent);
+    returns the mean loss per epoch."""
     by_agent: dict[str, list] = {}
     for agent, obs, a in data:
         by_agent.setdefault(agent, []).append((obs, a))
@@ -332,17 +347,19 @@ def behaviour_cloning(policy: MultiAgentPolicy, data: list[tuple[str, dict[str, 
                        torch.tensor([a for _, a in items])) for agent, items in by_agent.items()}
     actors = [p for n, p in policy.named_parameters() if "actor" in n]
     optimizer = torch.optim.Adam(actors, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(epochs):
-        nll, n = torch.zeros(()), 0
+        total, n = 0.0, 0
         for agent, (obs, action) in stacked.items():
-            _, logp, _ = policy.act(agent, obs, action)
-            nll, n = nll - logp.sum(), n + len(action)
-        loss = nll / max(n, 1)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+            for idx in torch.randperm(len(action), generator=gen).split(batch_size):
+                _, logp, _ = policy.act(agent, {k: v[idx] for k, v in obs.items()}, action[idx])
+                loss = -logp.mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, n = total + loss.item() * len(idx), n + len(idx)
+        losses.append(total / max(n, 1))
     return losses
 
 
@@ -466,11 +483,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     n_domains, state_dim = env.topology.n_domains, env.state_space.shape[0]
     policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden)
+    if cfg.init_from is not None:
+        # offline -> online: start from a pre-trained run's weights (its critic too when the shapes agree)
+        init, _ = load_policy(cfg.init_from)
+        own = policy.state_dict()
+        policy.load_state_dict({k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape},
+                               strict=False)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     bc_losses: list[float] = []
     if cfg.bc_episodes:
-        data = collect_expert_episodes(env, source, cfg.bc_episodes, seed=cfg.seed * 1_000_003 + 10**9)
-        bc_losses = behaviour_cloning(policy, data, cfg.bc_epochs, cfg.lr * 10)
+        data = collect_expert_episodes(env, source, cfg.bc_episodes, seed=cfg.seed * 1_000_003 + 10**9,
+                                       expert=cfg.expert)
+        bc_losses = behaviour_cloning(policy, data, cfg.bc_epochs, cfg.lr * 10, seed=cfg.seed)
 
     rows: list[dict] = []
     csv_path = out_dir / "train_log.csv"
