@@ -122,53 +122,88 @@ def build_tree(method: str, topology: MultiDomainTopology, graph: nx.Graph, sour
 
 # ---- the learned method (MA-CDMR agents, issue 8) ----
 MARL_METHOD = "marl"
-DEFAULT_MARL_CHECKPOINT = Path(__file__).resolve().parent / "marl" / "checkpoints" / "paper30"
+MARL_CHECKPOINTS = Path(__file__).resolve().parent / "marl" / "checkpoints"
+DEFAULT_MARL_CHECKPOINT = MARL_CHECKPOINTS / "paper30"
 
 
 class MarlCheckpointError(ValueError):
     """The ``marl`` method's checkpoint is missing or does not fit the topology (number of domains)."""
 
 
-class MarlRouter:
-    """A trained MA-CDMR policy played greedily on one request's snapshot; the tree it builds, or an error.
+def committed_checkpoint_for(topology: MultiDomainTopology) -> Path:
+    """The committed checkpoint trained on ``topology`` (by name, e.g. ``paper30``, ``geant-k3``), else the
+    paper30 one: the topology is then held out (never seen in training)."""
+    import json
 
-    The actors are size-independent (per-crossing / per-node encoders), so one checkpoint serves any
+    for d in sorted(MARL_CHECKPOINTS.iterdir()):
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            continue
+        cfg = json.loads(cfg_path.read_text())
+        name = cfg["topology"] if cfg.get("n_domains") is None else f"{cfg['topology']}-k{cfg['n_domains']}"
+        if name.lower() == topology.name.lower():
+            return d
+    return DEFAULT_MARL_CHECKPOINT
+
+
+class MarlRouter:
+    """Trained MA-CDMR agents played greedily on one request's snapshot; the tree they build, or an error.
+
+    With ``checkpoint_dir`` every topology is served by that checkpoint; without, each topology by the
+    committed checkpoint trained on it (:func:`committed_checkpoint_for`), paper30's for held-out ones.
+    The actors are size-independent (per-crossing / per-node encoders), so a checkpoint serves any
     topology with the domain count it was trained with; the critics are not used here.
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None, torch_threads: int | None = 1):
         import torch
 
-        from .marl.train import load_policy
-
         # One decision is ~20 forward passes of MLPs with a few thousand weights: intra-op threads only add
         # synchronisation, and on a shared 2-core machine they made decisions 20x slower (about 240 ms
         # instead of 12 ms per paper30 tree), so the router runs torch on one thread unless told otherwise.
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else DEFAULT_MARL_CHECKPOINT
-        try:
-            self.policy, self.train_config = load_policy(self.checkpoint_dir)
-        except FileNotFoundError as exc:
-            raise MarlCheckpointError(f"marl: {exc}") from None
+        self.fixed = checkpoint_dir is not None
+        self.checkpoint_dir = Path(checkpoint_dir) if self.fixed else DEFAULT_MARL_CHECKPOINT
+        self._loaded: dict[Path, tuple] = {}
+        self.policy, self.train_config = self._load(self.checkpoint_dir)
         self.n_domains = int(self.policy.n_domains)
+        self.served: dict[str, Path] = {}  # topology name -> checkpoint that served it
+
+    def _load(self, path: Path):
+        from .marl.train import load_policy
+
+        if path not in self._loaded:
+            try:
+                self._loaded[path] = load_policy(path)
+            except FileNotFoundError as exc:
+                raise MarlCheckpointError(f"marl: {exc}") from None
+        return self._loaded[path]
+
+    def checkpoint_for(self, topology: MultiDomainTopology) -> Path:
+        return self.checkpoint_dir if self.fixed else committed_checkpoint_for(topology)
 
     def check_topology(self, topology: MultiDomainTopology) -> None:
-        if topology.n_domains != self.n_domains:
+        path = self.checkpoint_for(topology)
+        policy, cfg = self._load(path)
+        if topology.n_domains != policy.n_domains:
             raise MarlCheckpointError(
-                f"marl checkpoint {self.checkpoint_dir} was trained on {self.train_config.topology} and supports "
-                f"topologies with {self.n_domains} domains; {topology.name} has {topology.n_domains} (train one "
+                f"marl checkpoint {path} was trained on {cfg.topology} and supports "
+                f"topologies with {policy.n_domains} domains; {topology.name} has {topology.n_domains} (train one "
                 f"with `sdwn-mcast train` and pass its folder as the marl checkpoint)")
 
     def build(self, snapshot: LinkStateSnapshot, source: Node, members: tuple[Node, ...]) -> nx.Graph:
         from .marl.env import CrossDomainMulticastEnv, InvalidActionError
         from .marl.train import run_episode
 
-        self.check_topology(snapshot.topology)
+        topo = snapshot.topology
+        self.check_topology(topo)
+        path = self.checkpoint_for(topo)
+        self.served[topo.name] = path
+        policy, _ = self._load(path)
         env = CrossDomainMulticastEnv(snapshot)
         try:
-            _, _, info = run_episode(env, self.policy, seed=0, greedy=True,
+            _, _, info = run_episode(env, policy, seed=0, greedy=True,
                                      options={"source": source, "members": list(members)})
         except InvalidActionError as exc:
             raise MulticastError(f"marl episode failed: {exc}") from None
@@ -260,7 +295,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     key = pd.MultiIndex.from_frame(df[["topology", "request_id"]])
     df["opt_cost"] = opt.reindex(key).to_numpy() if len(opt) else np.nan
     df["cost_ratio"] = df["cost"] / df["opt_cost"]
-    extra = {"marl_checkpoint": str(router.checkpoint_dir)} if router is not None else {}
+    extra = {}
+    if router is not None:
+        extra["marl_checkpoint"] = ", ".join(f"{t}: {p}" for t, p in router.served.items()) or str(router.checkpoint_dir)
     return EvalResult(config=config, rows=df, elapsed_s=time.perf_counter() - t0, extra=extra)
 
 
@@ -403,7 +440,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
 
 QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene", "geant"), n_requests=30, steps_between_requests=(30, 360))
 
-__all__ = ["DEFAULT_MARL_CHECKPOINT", "DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "MARL_METHOD",
+__all__ = ["DEFAULT_MARL_CHECKPOINT", "MARL_CHECKPOINTS", "committed_checkpoint_for", "DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "MARL_METHOD",
            "METHODS", "METRICS", "QUICK_CONFIG", "MarlCheckpointError", "MarlRouter", "bottleneck_ratio", "build_tree",
            "invalid_rate", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",
            "tree_metrics", "write_outputs"]

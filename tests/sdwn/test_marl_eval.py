@@ -62,3 +62,13 @@ def test_the_committed_paper30_agents_build_wider_trees_than_delay_weighted_kmb(
     df = run_evaluation(cfg, progress=False).rows
     assert df[df.method == "marl"].valid.all()
     assert bottleneck_ratio(df).mean() > 1.03
+
+
+def test_each_topology_is_served_by_the_checkpoint_trained_on_it_else_by_paper30():
+    from sdwn_multicast.evaluation import MARL_CHECKPOINTS, committed_checkpoint_for
+
+    assert committed_checkpoint_for(load_topology("paper30")) == MARL_CHECKPOINTS / "paper30"
+    assert committed_checkpoint_for(load_topology("geant", n_domains=3, seed=0)) == MARL_CHECKPOINTS / "geant"
+    assert committed_checkpoint_for(load_topology("abilene", n_domains=3, seed=0)) == DEFAULT_MARL_CHECKPOINT
+    for path in (MARL_CHECKPOINTS / "paper30", MARL_CHECKPOINTS / "geant"):
+        assert (path / "policy.safetensors").stat().st_size < 1_000_000
