@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,15 @@ def test_engine_outputs_are_the_same_with_the_kernel_and_with_gather_sdpa(arch, 
         assert a.token_ids == b.token_ids
         for la, lb in zip(a.logprobs, b.logprobs):
             assert la.logprob == pytest.approx(lb.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_decode_jobs_are_a_permutation_dealt_evenly_across_threads(threads):
+    seq_lens = np.random.default_rng(threads).integers(1, 4000, 61).astype(np.int64)
+    order = cpu_paged_attention._balanced_order(seq_lens, threads)
+    assert sorted(order.tolist()) == list(range(len(seq_lens)))
+    # prange gives each thread a contiguous share; with snake dealing the shares' token totals differ
+    # by at most the longest sequence
+    shares = np.array_split(order, threads)
+    totals = [int(seq_lens[s].sum()) for s in shares]
+    assert max(totals) - min(totals) <= seq_lens.max()
