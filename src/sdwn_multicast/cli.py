@@ -3,7 +3,8 @@
 Subcommands: ``topology`` (describe a multi-domain topology), ``simulate`` (live stepping),
 ``dataset`` (write an offline snapshot dataset), ``tree`` (build one multicast tree), ``eval`` (the
 evaluation harness), ``repair`` (incremental repair vs rebuilding), ``control`` (start the
-multi-process control plane and serve one tree request) and ``train`` (multi-agent PPO, MA-CDMR).
+multi-process control plane and serve one tree request), ``train`` (multi-agent PPO, MA-CDMR) and
+``compare`` (offline+online vs online-only, MAPPO vs IPPO).
 """
 
 from __future__ import annotations
@@ -234,6 +235,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from dataclasses import replace
+
+    from .marl.compare import CompareConfig, run_comparison, write_comparison
+    from .marl.train import PRESETS, TrainConfigError
+
+    preset = PRESETS[args.preset]
+    try:
+        cfg = CompareConfig(topology=preset.topology, n_domains=preset.n_domains, seeds=tuple(args.seeds),
+                            online_episodes=args.online_episodes, window=args.window,
+                            offline=replace(preset, episodes=args.offline_episodes))
+        rows = run_comparison(cfg, args.work, progress=not args.no_progress)
+    except TrainConfigError as exc:
+        raise CliError(f"compare: {exc}") from None
+    out = write_comparison(rows, cfg, args.out)
+    print((out["summary"]).read_text())
+    print(f"wrote {', '.join(str(p) for p in out.values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdwn-mcast", description="Cross-domain SDWN multicast routing")
     sub = p.add_subparsers(dest="command")
@@ -322,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="out/sdwn_train", help="output folder (default out/sdwn_train)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("compare", help="offline+online vs online-only and MAPPO vs IPPO training, same seeds")
+    sp.add_argument("--preset", choices=["tiny", "paper30", "geant"], default="paper30",
+                    help="topology and offline pre-training settings")
+    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sp.add_argument("--online-episodes", type=positive_int, default=3000)
+    sp.add_argument("--offline-episodes", type=positive_int, default=800, help="offline PPO episodes after BC")
+    sp.add_argument("--window", type=positive_int, default=100, help="moving-mean window for convergence")
+    sp.add_argument("--work", default="out/sdwn_compare", help="folder for the runs' checkpoints and logs")
+    sp.add_argument("--out", default="docs/sdwn_eval/marl", help="folder for compare.csv/.md and the PNGs")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_compare)
     return p
 
 
