@@ -30,8 +30,18 @@ class IncrementalDetokenizer:
         self._ids = list(self.prompt_tail[-_PROMPT_CONTEXT:])
         self._read_offset = len(self._ids)
         self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self._prefix_text: str | None = None  # decode of the window before the read offset
+        # A fast tokenizer without space clean-up decodes exactly as its Rust backend does; calling
+        # the backend directly skips the Python wrapper's argument conversion, twice per token.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and not getattr(self.tokenizer, "clean_up_tokenization_spaces", True):
+            self._backend = backend
+        else:
+            self._backend = None
 
     def _decode(self, ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, new_token_ids: tuple[int, ...] | list[int], finished: bool) -> str:
@@ -41,12 +51,15 @@ class IncrementalDetokenizer:
             return ""
         for tid in new_token_ids:
             self._ids.append(tid)
-            prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+            if self._prefix_text is None:  # the window moved: decode its new prefix once
+                self._prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+            prefix = self._prefix_text
             full = self._decode(self._ids[self._prefix_offset :])
             if len(full) > len(prefix) and not full.endswith("\ufffd"):
                 before = len(self.text)
                 self.text += full[len(prefix) :]
                 self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+                self._prefix_text = None
                 if self.stop and self._check_stop(before):
                     break
         if self.stopped or finished:

@@ -33,6 +33,7 @@ class KVCacheManager:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self._cached: dict[bytes, int] = {}  # block hash -> block id
         self._req_hashes: dict[str, list[bytes]] = {}  # request id -> hashes of its full blocks
+        self._registered: dict[str, int] = {}  # request id -> leading full blocks already in the index
         self.prefix_hit_tokens = 0
         self.prefix_query_tokens = 0
 
@@ -123,8 +124,12 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         n_full = req.num_computed_tokens // self.block_size
+        start = self._registered.get(req.request_id, 0)
+        if n_full <= start:  # called every step: nothing new until a block fills up
+            return
         hashes = self._block_hashes(req, req.num_computed_tokens)
-        for i in range(n_full):
+        self._registered[req.request_id] = n_full
+        for i in range(start, n_full):
             h = hashes[i]
             block = self.blocks[req.block_ids[i]]
             if block.block_hash is None:
@@ -141,6 +146,7 @@ class KVCacheManager:
                 self._free[bid] = None
         req.block_ids = []
         self._req_hashes.pop(req.request_id, None)
+        self._registered.pop(req.request_id, None)
 
     def check_invariants(self) -> None:
         """Consistency checks used by the property tests."""

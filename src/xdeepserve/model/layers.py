@@ -85,11 +85,25 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
         self.register_buffer("cos", freqs.cos() * scale, persistent=False)
         self.register_buffer("sin", freqs.sin() * scale, persistent=False)
+        self._memo: tuple | None = None  # (positions, dtype, cos, sin) of the last CPU call
+
+    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every layer of a step passes the same positions tensor: on the CPU, look cos/sin up once per
+        # step, not once per layer. The memo keeps a reference to the tensor, so identity cannot be
+        # confused with a later tensor at the same address; the runner builds positions afresh every
+        # step on the CPU. (Not on CUDA, where captured graphs refill static position buffers.)
+        memo = self._memo
+        if memo is not None and memo[0] is positions and memo[1] == dtype:
+            return memo[2], memo[3]
+        cos = self.cos[positions].unsqueeze(1).to(dtype)
+        sin = self.sin[positions].unsqueeze(1).to(dtype)
+        if not positions.is_cuda:
+            self._memo = (positions, dtype, cos, sin)
+        return cos, sin
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [tokens, heads, dim]; positions: [tokens] absolute positions."""
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        cos, sin = self._cos_sin(positions, x.dtype)
         if self.interleaved:
             x1, x2 = x[..., 0::2], x[..., 1::2]
         else:
