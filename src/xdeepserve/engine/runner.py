@@ -76,10 +76,11 @@ class ModelRunner:
         bs = self.block_size
         seq_lens = [s.start + s.num_tokens for _, s in items]
         max_blocks = -(-max(seq_lens) // bs)
-        table = torch.zeros(len(items), max_blocks, dtype=torch.long)
-        for row, (_, s) in enumerate(items):
+        rows = []
+        for _, s in items:  # padded with block 0 (any valid id); one tensor built, not one per row
             ids = s.request.block_ids[:max_blocks]
-            table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            rows.append(ids + [0] * (max_blocks - len(ids)) if len(ids) < max_blocks else ids)
+        table = torch.tensor(rows, dtype=torch.long)
         return build_group(
             [q for q, _ in items], [s.num_tokens for _, s in items], seq_lens, table, bs, self.device, self.dtype
         )
