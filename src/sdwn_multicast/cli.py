@@ -170,13 +170,31 @@ def cmd_eval(args) -> int:
 def cmd_repair(args) -> int:
     from pathlib import Path
 
-    from .evaluation import cpu_model, repair_summary_markdown, run_repair_evaluation
+    from .evaluation import (
+        cpu_model,
+        repair_summary_markdown,
+        run_marl_session_evaluation,
+        run_repair_evaluation,
+        session_summary_markdown,
+    )
 
     t0 = time.perf_counter()
-    df = run_repair_evaluation(tuple(args.topologies), args.requests, seed=args.seed,
-                               progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.marl:
+        df = run_marl_session_evaluation(tuple(args.topologies), args.requests, args.events, seed=args.seed,
+                                         checkpoint_dir=args.marl_checkpoint, progress=not args.no_progress)
+        df.to_csv(out / "sessions.csv", index=False, float_format="%.6g")
+        text = session_summary_markdown(df, cpu_model())
+        (out / "sessions.md").write_text(text)
+        print(text)
+        served = df[df.kmb_served]
+        print(f"wrote {out / 'sessions.csv'} and {out / 'sessions.md'} in {time.perf_counter() - t0:.1f} s")
+        print(f"marl served {int(served.served.sum())}/{len(served)} events KMB could serve "
+              "(a served tree passed validation)")
+        return 0
+    df = run_repair_evaluation(tuple(args.topologies), args.requests, seed=args.seed,
+                               progress=not args.no_progress)
     df.to_csv(out / "repair.csv", index=False, float_format="%.6g")
     text = repair_summary_markdown(df, cpu_model())
     (out / "repair.md").write_text(text)
@@ -193,7 +211,8 @@ def cmd_control(args) -> int:
         faults = FaultConfig(drop_prob=args.drop, dup_prob=args.dup, max_delay_ms=args.delay_ms, seed=args.seed)
     except ValueError as exc:
         raise CliError(f"fault injection: {exc}") from None
-    plane = ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed)
+    plane = ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed,
+                         marl=args.policy == "marl")
     unknown = [n for n in (args.source, *args.members) if n not in plane.topology.domain_of]
     if unknown:  # fail before starting any controller process
         plane.close()
@@ -208,8 +227,15 @@ def cmd_control(args) -> int:
             time.sleep(args.sync_period / 4)  # membership reaches the root with the next domain report
             view = client.group_view(1)
         print(f"group 1 view v{view.version}: members by domain {view.members_by_domain}")
-        commit = client.request_tree(group=1, source=args.source, timeout_s=10.0)
-        print(f"tree commit v{commit.version} for request {commit.request_id}: {sorted(commit.edges)}")
+        latencies = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            commit = client.request_tree(group=1, source=args.source, timeout_s=10.0, policy=args.policy)
+            latencies.append((time.perf_counter() - t) * 1e3)
+        print(f"tree commit v{commit.version} for request {commit.request_id} ({args.policy}): "
+              f"{sorted(commit.edges)}")
+        print(f"end-to-end tree request latency ({args.policy}, client -> root -> domains -> commit, "
+              f"{args.repeat} requests): median {np.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
         client.close()
     return 0
 
@@ -312,8 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("repair", help="incremental repair (join/leave/link failure) vs rebuilding")
     sp.add_argument("--topologies", nargs="+", default=["paper30", "geant", "germany50"])
-    sp.add_argument("--requests", type=positive_int, default=100)
+    sp.add_argument("--requests", type=positive_int, default=100, help="requests (sessions with --marl)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--marl", action="store_true",
+                    help="sessions under churn and link failures, every event answered by the learned agents")
+    sp.add_argument("--events", type=positive_int, default=6, help="events per session (--marl)")
+    sp.add_argument("--marl-checkpoint", help="training output folder (default: the committed checkpoints)")
     sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_repair)
@@ -327,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dup", type=float, default=0.0, help="injected duplicate probability")
     sp.add_argument("--delay-ms", type=float, default=0.0, help="max injected extra delay")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--policy", choices=["kmb", "marl"], default="kmb",
+                    help="who decides the tree: the root's plan + KMB segments, or the trained agents")
+    sp.add_argument("--repeat", type=positive_int, default=1, help="tree requests to time")
     sp.set_defaults(func=cmd_control)
 
     sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")

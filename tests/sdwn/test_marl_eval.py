@@ -72,3 +72,15 @@ def test_each_topology_is_served_by_the_checkpoint_trained_on_it_else_by_paper30
     assert committed_checkpoint_for(load_topology("abilene", n_domains=3, seed=0)) == DEFAULT_MARL_CHECKPOINT
     for path in (MARL_CHECKPOINTS / "paper30", MARL_CHECKPOINTS / "geant"):
         assert (path / "policy.safetensors").stat().st_size < 1_000_000
+
+
+def test_sessions_under_churn_and_failures_are_answered_by_the_agents_with_valid_trees():
+    from sdwn_multicast.evaluation import run_marl_session_evaluation
+
+    df = run_marl_session_evaluation(("paper30",), n_sessions=3, events_per_session=4, seed=1, progress=False)
+    assert set(df.event) <= {"join", "leave", "link_failure"} and len(df) >= 6
+    servable = df[df.kmb_served]
+    assert servable.served.mean() >= 0.9
+    ok = df[df.served]
+    assert (ok.decision_time_ms > 0).all() and (ok.links_changed >= 0).all()
+    assert (ok.bw_ratio_vs_kmb > 0).all()

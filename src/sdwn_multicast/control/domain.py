@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 
 class DomainController:
     def __init__(self, topology: MultiDomainTopology, domain: int, sync_period_s: float, faults: FaultConfig,
-                 timing: ChannelTiming, seed: int = 0, reconnect_min_s: float = 0.2, reconnect_max_s: float = 5.0):
+                 timing: ChannelTiming, seed: int = 0, reconnect_min_s: float = 0.2, reconnect_max_s: float = 5.0,
+                 marl_checkpoint: str | None = None, preload_marl: bool = False):
         self.topology, self.domain = topology, domain
+        self.marl_checkpoint = marl_checkpoint
+        self._domain_agent = None
+        if preload_marl:
+            self.domain_agent()
         self.name = f"domain {domain_label(domain)}"
         self.sync_period_s = sync_period_s
         self.faults, self.timing = faults, timing
@@ -198,6 +203,14 @@ class DomainController:
             self.flow_tables[msg.group] = tree_rules(self.topology, msg.edges, msg.source, msg.members, msg.group,
                                                      domain=self.domain)
 
+    def domain_agent(self):
+        """This domain's trained agent (loaded on first use: torch is imported only when needed)."""
+        if self._domain_agent is None:
+            from ..marl.serving import DomainAgent
+
+            self._domain_agent = DomainAgent(self.topology, self.domain, self.marl_checkpoint)
+        return self._domain_agent
+
     def _segment(self, req: SegmentRequest):
         if req.request_id in self.segments:  # idempotent under root retries
             return self.segments[req.request_id]
@@ -205,7 +218,13 @@ class DomainController:
         g = nx.Graph(g)
         g.add_nodes_from(self.nodes)
         try:
-            tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), check_weight(req.weight))
+            if req.policy == "marl":
+                from ..marl.serving import snapshot_from_links
+
+                snap = snapshot_from_links(self.topology, link_tuples(self.topology, self.sim.snapshot, self.my_links))
+                tree = self.domain_agent().segment(snap, req.terminals)
+            else:
+                tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), check_weight(req.weight))
         except ValueError as exc:  # MulticastError or an unknown weight
             return ErrorReply(req.request_id, f"{self.name} cannot build its segment: {exc}")
         seg = TreeSegment(req.request_id, self.domain, tuple(tuple(e) for e in tree.edges))

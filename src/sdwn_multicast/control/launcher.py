@@ -69,8 +69,11 @@ class ControlPlane:
     def __init__(self, topology: str = "paper30", n_domains: int | None = None, sync_period_s: float = 0.5,
                  staleness_bound_s: float | None = None, faults: FaultConfig = FaultConfig(), seed: int = 0,
                  timing: ChannelTiming = ChannelTiming(), segment_timeout_s: float = 2.0,
-                 startup_timeout_s: float = 30.0, log_dir: str | os.PathLike | None = None):
+                 startup_timeout_s: float = 30.0, log_dir: str | os.PathLike | None = None,
+                 marl: bool = False, marl_checkpoint: str | None = None):
         self.topology_name, self.n_domains_arg = topology, n_domains
+        # marl: every controller loads its trained agent at start (requests with policy="marl" use them)
+        self.marl, self.marl_checkpoint = marl, marl_checkpoint
         self.topology = load_topology(topology, n_domains=n_domains, seed=seed)
         self.sync_period_s = sync_period_s
         self.staleness_bound_s = staleness_bound_s if staleness_bound_s is not None else 4 * sync_period_s
@@ -93,6 +96,10 @@ class ControlPlane:
                 "--segment-timeout", str(self.segment_timeout_s), *self.faults.to_args()]
         if self.n_domains_arg is not None:
             args += ["--domains", str(self.n_domains_arg)]
+        if self.marl:
+            args += ["--marl"]
+        if self.marl_checkpoint is not None:
+            args += ["--marl-checkpoint", str(self.marl_checkpoint)]
         return args
 
     def _spawn(self, name: str, extra: list[str]) -> int:
@@ -275,9 +282,10 @@ class ControlClient:
         gv = self.view(target, group, timeout_s).group_view
         return gv if gv is not None else GroupView(group, 0, ())
 
-    def request_tree(self, group: int, source: int, weight: str = "delay_ms", timeout_s: float = 10.0
-                     ) -> TreeCommit:
+    def request_tree(self, group: int, source: int, weight: str = "delay_ms", timeout_s: float = 10.0,
+                     policy: str = "kmb") -> TreeCommit:
         """Ask the root for ``group``'s tree from ``source``; ``weight`` is one of the simulator's ``WEIGHTS``.
+        ``policy="marl"``: the trained agents decide (root: crossings; each domain controller: its segment).
 
         Raises :class:`~sdwn_multicast.trees.MulticastError` for an unknown weight (before sending) and
         :class:`RequestFailedError` with the root's reason when the root refuses or fails.
@@ -286,7 +294,7 @@ class ControlClient:
             check_weight(weight)
         except ValueError as exc:
             raise MulticastError(str(exc)) from None
-        reply = self._run(self._request("root", lambda rid: TreeRequest(rid, group, source, weight), timeout_s),
+        reply = self._run(self._request("root", lambda rid: TreeRequest(rid, group, source, weight, policy), timeout_s),
                           timeout_s + 0.5)
         if isinstance(reply, ErrorReply):
             raise RequestFailedError(reply.reason)

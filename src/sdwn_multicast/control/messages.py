@@ -142,6 +142,8 @@ class TreeRequest:
     group: int
     source: int
     weight: str = "delay_ms"
+    #: "kmb": the root's inter-domain plan + KMB segments; "marl": the trained agents decide both
+    policy: str = "kmb"
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class SegmentRequest:
     domain: int
     terminals: tuple[int, ...]
     weight: str
+    policy: str = "kmb"  # "kmb" or "marl" (the domain's trained agent grafts the terminals)
 
 
 @dataclass(frozen=True)

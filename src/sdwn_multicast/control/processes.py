@@ -51,6 +51,8 @@ def parse(argv):
     p.add_argument("--dead-after", type=float, default=1.5)
     p.add_argument("--reconnect-min", type=float, default=0.2, help="first reconnect delay after losing the root")
     p.add_argument("--reconnect-max", type=float, default=5.0, help="reconnect backoff cap")
+    p.add_argument("--marl", action="store_true", help="load the trained agents at start (else on first use)")
+    p.add_argument("--marl-checkpoint", default=None, help="training output folder (default: committed)")
     return p.parse_args(argv)
 
 
@@ -60,13 +62,15 @@ async def _run(args) -> int:
     timing = ChannelTiming(rto_s=args.rto, send_timeout_s=3.0, heartbeat_s=args.heartbeat,
                            dead_after_s=args.dead_after)
     if args.role == "root":
-        root = RootController(topo, args.sync_period, args.staleness_bound, faults, timing, args.segment_timeout)
+        root = RootController(topo, args.sync_period, args.staleness_bound, faults, timing, args.segment_timeout,
+                              marl_checkpoint=args.marl_checkpoint, preload_marl=args.marl)
         server = await root.serve(args.port)
         print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Event().wait()
         return 0
     dc = DomainController(topo, args.domain, args.sync_period, faults, timing, seed=args.seed,
-                          reconnect_min_s=args.reconnect_min, reconnect_max_s=args.reconnect_max)
+                          reconnect_min_s=args.reconnect_min, reconnect_max_s=args.reconnect_max,
+                          marl_checkpoint=args.marl_checkpoint, preload_marl=args.marl)
     port = await dc.start(args.root_port, args.port)
     print(f"READY {port}", flush=True)
     await dc.stopped.wait()

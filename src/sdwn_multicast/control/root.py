@@ -42,8 +42,13 @@ log = logging.getLogger(__name__)
 
 class RootController:
     def __init__(self, topology: MultiDomainTopology, sync_period_s: float, staleness_bound_s: float,
-                 faults: FaultConfig, timing: ChannelTiming, segment_timeout_s: float = 2.0):
+                 faults: FaultConfig, timing: ChannelTiming, segment_timeout_s: float = 2.0,
+                 marl_checkpoint: str | None = None, preload_marl: bool = False):
         self.topology = topology
+        self.marl_checkpoint = marl_checkpoint
+        self._root_agent = None
+        if preload_marl:
+            self.root_agent()
         self.sync_period_s = sync_period_s
         self.faults, self.timing = faults, timing
         self.segment_timeout_s = segment_timeout_s
@@ -59,6 +64,14 @@ class RootController:
         self._conn_ids = itertools.count(1)
         # segment ids are the root's own: clients number their requests independently
         self._segment_ids = itertools.count(1)
+
+    def root_agent(self):
+        """The trained inter-domain agent (loaded on first use: torch is imported only when needed)."""
+        if self._root_agent is None:
+            from ..marl.serving import RootAgent
+
+            self._root_agent = RootAgent(self.topology, self.marl_checkpoint)
+        return self._root_agent
 
     @property
     def version(self) -> int:
@@ -222,7 +235,14 @@ class RootController:
                  if dom[lk[0]] in fresh and dom[lk[1]] in fresh]
         graph = graph_from_links(links)
         graph.add_nodes_from(self.topology.nodes)
-        plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
+        if req.policy == "marl":
+            from ..marl.serving import snapshot_from_links
+
+            plan = self.root_agent().plan(snapshot_from_links(self.topology, links, now), req.source, members)
+        elif req.policy == "kmb":
+            plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
+        else:
+            raise ControlPlaneError(f"unknown tree policy {req.policy!r}: expected 'kmb' or 'marl'")
         waits = {}
         sid = next(self._segment_ids)
         for d, terms in plan.terminals.items():
@@ -233,7 +253,7 @@ class RootController:
                 raise ControlPlaneError(f"domain {domain_label(d)} controller is not connected")
             fut = asyncio.get_running_loop().create_future()
             self._segments[(sid, d)] = fut
-            dch.spawn(dch.send(SegmentRequest(sid, d, tuple(terms), req.weight),
+            dch.spawn(dch.send(SegmentRequest(sid, d, tuple(terms), req.weight, req.policy),
                                timeout_s=self.segment_timeout_s))
             waits[d] = fut
         try:

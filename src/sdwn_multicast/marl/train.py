@@ -58,6 +58,9 @@ from .policy import (
 )
 
 CRITICS = ("central", "local")
+#: training simulators run with seed + this, so the networks agents train on never coincide with the
+#: evaluation's (seeds 0..few thousand): evaluation snapshots are held out
+TRAIN_SIM_SEED_OFFSET = 100_000
 EXPERTS = ("widest", "composed-kmb")
 SOURCES = ("offline", "online")
 LOG_FIELDS = ("episode", "update", "return", "valid", "cost", "bottleneck_bw_mbps", "tree_length", "steps",
@@ -212,7 +215,7 @@ def make_env(cfg: TrainConfig) -> tuple[CrossDomainMulticastEnv, OfflineSnapshot
         source = OfflineSnapshots([ds[i] for i in range(len(ds))])
     else:
         topo = load_topology(cfg.topology, n_domains=cfg.n_domains, seed=cfg.seed)
-        sim = LinkStateSimulator(topo, seed=cfg.seed)
+        sim = LinkStateSimulator(topo, seed=cfg.seed + TRAIN_SIM_SEED_OFFSET)
         if cfg.source == "online":
             source = OnlineSnapshots(sim, cfg.steps_between)
         else:
