@@ -59,13 +59,14 @@ onwards to needed domains outside the plan (``transit_bw``).
 A one-hop scorer cannot see bottlenecks further away; these give it the link state a routing decision
 needs, the way a link-state router runs its own shortest-path computation.
 
-Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck
-and hop counts, components, the ``networkx`` graph) is computed once per snapshot and cached; a step
+Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck,
+components, the ``networkx`` graph) is computed once per snapshot and cached; a step
 updates small per-domain numpy arrays (no graph objects), so a decision is dominated by the actors.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -75,7 +76,6 @@ import networkx as nx
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
-from scipy.sparse.csgraph import shortest_path
 
 from ..simulator import LinkStateSimulator, LinkStateSnapshot
 from ..topology import MultiDomainTopology, Node, TopologyError, load_topology
@@ -129,7 +129,8 @@ class _SnapshotView:
         self.dgraph = [self.graph.subgraph(ns) for ns in env._dnodes]
         free = np.where(snapshot.up, snapshot.free_bw_mbps, 0.0)
         scale = cfg.link_scale[:, None, None]
-        self.links, self.bw, self.adj, self.widest, self.hops, self.nbrs = [], [], [], [], [], []
+        self.links, self.bw, self.adj, self.widest, self.nbrs = [], [], [], [], []
+        self.nbr_bw: list[list[list[tuple[int, float]]]] = []  # per domain, per local node: (neighbour, Mb/s)
         self.comp: dict[Node, int] = {}
         for d in range(topo.n_domains):
             self.links.append((snapshot.feature_tensor(LINK_FIELDS, domain=d) / scale).astype(np.float32))
@@ -139,17 +140,23 @@ class _SnapshotView:
             self.bw.append(bw)
             self.adj.append(adj)
             self.nbrs.append([np.flatnonzero(row) for row in adj])
+            self.nbr_bw.append([[(int(j), float(bw[i, j])) for j in np.flatnonzero(row)] for i, row in enumerate(adj)])
             self.widest.append(widest_bottleneck_all_pairs(bw))
-            hops = shortest_path(adj.astype(float), unweighted=True, directed=False)
-            self.hops.append(hops)
             # component label = smallest local index reachable (a node always reaches itself)
             for i, n in enumerate(env._dnodes[d]):
-                self.comp[n] = int(np.argmax(np.isfinite(hops[i])))
+                self.comp[n] = int(np.argmax(self.widest[d][i] > 0))  # reachable <=> widest bottleneck > 0
         feats = [np.where(snapshot.up, np.asarray(getattr(snapshot, f), dtype=float), 0.0) for f in LINK_FIELDS]
         self.link_features = (np.stack(feats, axis=1) / cfg.link_scale[None, :]).astype(np.float32)
         self.inter_features = self.link_features[[topo.edge_index[e] for e in env._inter]]
         self.inter_bw = np.array([free[topo.edge_index[e]] if snapshot.up[topo.edge_index[e]] else 0.0
                                   for e in env._inter])
+        # per domain: (local boundary AP, domain across, free Mb/s) of every up inter-domain link
+        self.boundary_out: list[list[tuple[int, int, float]]] = [[] for _ in range(topo.n_domains)]
+        for k, (u, v) in enumerate(env._inter):
+            if self.inter_bw[k] > 0:
+                du, dv = topo.domain_of[u], topo.domain_of[v]
+                self.boundary_out[du].append((env._local[du][u], dv, float(self.inter_bw[k])))
+                self.boundary_out[dv].append((env._local[dv][v], du, float(self.inter_bw[k])))
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._local = [{n: i for i, n in enumerate(ns)} for ns in self._dnodes]
         self._rows = [np.array([topo.node_index[n] for n in ns], dtype=np.int64) for ns in self._dnodes]
         self._inter = topo.inter_domain_links
+        self._inter_domains = np.array([[topo.domain_of[u], topo.domain_of[v]] for u, v in self._inter],
+                                       dtype=np.int64).reshape(-1, 2)
         self._boundary_local = [np.array(sorted(self._local[d][n] for n in topo.boundary_nodes(d)), dtype=np.int64)
                                 for d in range(nd)]
         self._views: OrderedDict[int, tuple[LinkStateSnapshot, _SnapshotView]] = OrderedDict()
@@ -428,7 +437,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
             seg.add_node(e)
             self.segment[d] = seg
             self._seg_bw[d][self._local[d][e]] = np.inf
-            dist = self._view.hops[d][self._local[d][e]]
+            dist = self._hops_from(d, self._local[d][e])
             terms = [t for t in dict.fromkeys([*self.local_members[d], *self.exits[d]]) if t != e]
             self.pending[d] = sorted(terms, key=lambda t: (dist[self._local[d][t]], self.topology.node_index[t]))
             self.walk[d] = []
@@ -452,30 +461,70 @@ class CrossDomainMulticastEnv(ParallelEnv):
                                   -hops[loc[self.pending[d][k]]], -k))
         self.walk[d] = [self.pending[d].pop(best)]
 
+    def _hops_from(self, d: int, start: int) -> list[float]:
+        """Hop counts from local node ``start`` inside domain ``d`` over up links (inf if unreachable)."""
+        nbr_bw = self._view.nbr_bw[d]
+        hops = [math.inf] * len(nbr_bw)
+        hops[start] = 0
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for i in frontier:
+                for j, _ in nbr_bw[i]:
+                    if hops[j] == math.inf:
+                        hops[j] = hops[i] + 1
+                        nxt.append(j)
+            frontier = nxt
+        return hops
+
     def graft_view(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """Domain ``d``'s graft summary per local node: (widest bottleneck in Mb/s from the entry through the
         segment to the node avoiding the walk, 0 if unreachable; hops to the segment avoiding the walk,
         inf if unreachable). Segment nodes hold their own bottleneck and 0 hops; walk nodes 0 and inf.
 
-        A max-min / min-plus relaxation over the domain's matrices (at most n numpy sweeps).
+        Multi-source widest-path Dijkstra (max-min, from every segment node with its own bottleneck) and a
+        breadth-first search, both over the nodes that are neither on the segment nor on the walk. On
+        domains of tens of APs plain Python over adjacency lists beats numpy sweeps (no per-call overhead).
         """
-        view = self._view
+        nbr_bw = self._view.nbr_bw[d]
         seg_bw = self._seg_bw[d]
-        in_seg = seg_bw >= 0
-        blocked = np.zeros(len(seg_bw), dtype=bool)
-        blocked[[self._local[d][n] for n in self.walk.get(d) or []]] = True
-        free = ~blocked & ~in_seg
-        w = np.where(blocked[None, :], 0.0, view.bw[d])
-        adj = w > 0
-        b = np.where(in_seg, seg_bw, 0.0)
-        hops = np.where(in_seg, 0.0, np.inf)
-        for _ in range(len(b)):
-            nb = np.where(free, np.maximum(b, np.minimum(w, b[None, :]).max(axis=1)), b)
-            nh = np.where(free, np.minimum(hops, np.where(adj, hops[None, :], np.inf).min(axis=1) + 1), hops)
-            if np.array_equal(nb, b) and np.array_equal(nh, hops):
-                break
-            b, hops = nb, nh
-        return b, hops
+        n = len(seg_bw)
+        blocked = [False] * n
+        for node in self.walk.get(d) or []:
+            blocked[self._local[d][node]] = True
+        seg = np.flatnonzero(seg_bw >= 0).tolist()
+        b = [0.0] * n
+        hops = [math.inf] * n
+        heap = []
+        for i in seg:
+            blocked[i] = True  # a walk ends at the first segment node it reaches: no path runs through one
+            b[i], hops[i] = float(seg_bw[i]), 0
+            heap.append((-b[i], i))
+        heapq.heapify(heap)
+        done = [False] * n
+        while heap:
+            nb, i = heapq.heappop(heap)
+            if done[i]:
+                continue
+            done[i] = True
+            for j, w in nbr_bw[i]:
+                if not blocked[j]:
+                    c = min(-nb, w)
+                    if c > b[j]:
+                        b[j] = c
+                        heapq.heappush(heap, (-c, j))
+        frontier = seg
+        level = 0
+        while frontier:
+            level += 1
+            nxt = []
+            for i in frontier:
+                for j, _ in nbr_bw[i]:
+                    if not blocked[j] and hops[j] > level:
+                        hops[j] = level
+                        nxt.append(j)
+            frontier = nxt
+        return np.array(b), np.array(hops, dtype=float)
 
     def _domain_mask(self, d: int, hops: np.ndarray | None) -> np.ndarray:
         n = len(self._dnodes[d])
@@ -651,21 +700,22 @@ class CrossDomainMulticastEnv(ParallelEnv):
         entry_bw = float(row[members].mean()) if len(members) else 0.0
         transit_bw = 0.0
         missing = self.needed - set(self.entry) - {cd}
-        for k, (u, v) in enumerate(self._inter):
-            for x, y in ((u, v), (v, u)):
-                if dom[x] == cd and dom[y] in missing and view.inter_bw[k] > 0:
-                    transit_bw = max(transit_bw, min(row[self._local[cd][x]], view.inter_bw[k]))
+        for x, other, bw in view.boundary_out[cd]:
+            if other in missing:
+                transit_bw = max(transit_bw, min(row[x], bw))
         return float(exit_bw), min(entry_bw, 1e9), float(min(transit_bw, 1e9))
 
     def _root_crossings(self) -> np.ndarray:
         extra = np.zeros((len(self._inter), len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
-        dom = self.topology.domain_of
-        chosen = {j for j, _, _ in self.plan}
-        ref = self.config.bw_ref_mbps
-        for j, (u, v) in enumerate(self._inter):
-            a, b = dom[u] in self.entry, dom[v] in self.entry
-            bws = self.crossing_bottlenecks(j) if self.phase == "inter" else (0.0, 0.0, 0.0)
-            extra[j] = (a or b, a and b, j in chosen, *(min(x, ref) / ref for x in bws))
+        in_plan = np.zeros(self.topology.n_domains, dtype=bool)
+        in_plan[list(self.entry)] = True
+        a, b = in_plan[self._inter_domains[:, 0]], in_plan[self._inter_domains[:, 1]]
+        extra[:, 0], extra[:, 1] = a | b, a & b
+        extra[[j for j, _, _ in self.plan], 2] = 1
+        if self.phase == "inter":
+            ref = self.config.bw_ref_mbps
+            for j in np.flatnonzero(a ^ b):
+                extra[j, 3:] = [min(x, ref) / ref for x in self.crossing_bottlenecks(int(j))]
         return np.concatenate([self._view.inter_features, extra], axis=1)
 
     def _root_domains(self) -> np.ndarray:
