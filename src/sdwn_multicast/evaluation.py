@@ -576,7 +576,8 @@ def run_marl_session_evaluation(topologies: tuple[str, ...], n_sessions: int, ev
                     continue
                 members = (*members, outsiders[int(rng.integers(len(outsiders)))])
             elif event == "leave":
-                members = tuple(m for i, m in enumerate(members) if i != int(rng.integers(len(members))))
+                gone = int(rng.integers(len(members)))
+                members = members[:gone] + members[gone + 1:]
             else:
                 u, v = sorted(tree.edges, key=str)[int(rng.integers(tree.number_of_edges()))]
                 snap = with_link_failed(snap, u, v)

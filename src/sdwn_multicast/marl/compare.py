@@ -19,15 +19,17 @@ R0 + ``fraction`` (R* - R0) (95 % of the reference's improvement). Every run is 
 reference threshold of its seed, so "episodes to converge" compare like with like. The final policies are
 also played greedily on held-out requests (another simulator seed) against delay-weighted KMB.
 
-``sdwn-mcast compare`` runs both tables and writes ``compare.csv`` (one row per run), ``compare.md`` and
+Runs whose folder already holds a finished run with the same configuration are reused, so an
+interrupted comparison resumes. ``sdwn-mcast compare`` runs both tables and writes ``compare.csv`` (one row per run), ``compare.md`` and
 two PNGs (``offline_vs_online.png``, ``mappo_vs_ippo.png``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,12 @@ def episodes_to_reach(returns: np.ndarray, threshold: float, window: int) -> int
     mm = moving_mean(returns, window)
     hit = np.flatnonzero(mm >= threshold)
     return int(hit[0]) + window if len(hit) else None
+
+
+def _finished(run_dir: Path, tcfg: TrainConfig) -> bool:
+    cfg_path = run_dir / "config.json"
+    return (run_dir / "checkpoint.pt").is_file() and cfg_path.is_file() and \
+        json.loads(cfg_path.read_text()) == asdict(tcfg)
 
 
 def _returns(run_dir: Path) -> np.ndarray:
@@ -97,7 +105,8 @@ def run_comparison(cfg: CompareConfig, work_dir: str | Path, progress: bool = Tr
                 ("ippo" if "IPPO" in name else "mappo")
             if tcfg is None:
                 tcfg = replace(online, seed=seed, init_from=str(dirs["offline pre-training"]))
-            train(tcfg, d, progress=progress)
+            if not _finished(d, tcfg):  # a finished run with the same config is reused (resumable)
+                train(tcfg, d, progress=progress)
             dirs[name] = d
         ref = _returns(dirs["online-only (MAPPO)"])
         w = cfg.window
