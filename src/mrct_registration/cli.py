@@ -7,6 +7,9 @@
     mrct-reg phantom --seed 100000 --out out/case100000
     mrct-reg register --fixed ict.nii.gz --moving pmr.nii.gz --method ants-syn-mi --out field.nii.gz
     mrct-reg train inpainting --preset ci --eval-cases 20   # the committed inpainting weights, then their table
+    mrct-reg train registration --preset ci       # the committed registration-network weights
+    mrct-reg train synthesis --preset ci --eval-cases 20     # the MI-constrained Cycle-GAN (ci-no-mi: ablation)
+    mrct-reg run --pmr pmr.nii.gz --pct pct.nii.gz --ict ict.nii.gz OUT    # the learned pipeline on one case
 """
 
 from __future__ import annotations
@@ -141,14 +144,19 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.eval_cases < 0:
+        raise MrctError(f"--eval-cases must be >= 0, got {args.eval_cases}")
+    trainers = {"inpainting": _train_inpainting, "registration": _train_registration, "synthesis": _train_synthesis}
+    return trainers[args.model](args)
+
+
+def _train_inpainting(args: argparse.Namespace) -> int:
     from .learned.eval_inpainting import evaluate_inpainting, inpainting_table_markdown
     from .learned.train_inpainting import TRAIN_PRESETS, TrainConfigError, load_inpainter, train_inpainting
     from .phantom import held_out_seeds
 
     if args.preset not in TRAIN_PRESETS:
         raise TrainConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(TRAIN_PRESETS)}")
-    if args.eval_cases < 0:
-        raise MrctError(f"--eval-cases must be >= 0, got {args.eval_cases}")
     config = TRAIN_PRESETS[args.preset]
     out = Path(args.out if args.out is not None else f"out/inpainting_{args.preset}")
     result = train_inpainting(config, out)
@@ -162,6 +170,118 @@ def _cmd_train(args: argparse.Namespace) -> int:
         table = inpainting_table_markdown(scores)
         (out / "inpainting_eval.md").write_text(table)
         print(table)
+    return 0
+
+
+def _train_registration(args: argparse.Namespace) -> int:
+    import torch
+
+    from .learned.train_registration import TRAIN_PRESETS, RegistrationTrainConfigError, train_registration
+
+    if args.preset not in TRAIN_PRESETS:
+        raise RegistrationTrainConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    if args.eval_cases:
+        raise MrctError("--eval-cases applies to inpainting and synthesis; score the registration network with "
+                        "`mrct-reg eval --method learned-ctct --task pct-ict`")
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+    out = Path(args.out if args.out is not None else f"out/registration_{args.preset}")
+    result = train_registration(TRAIN_PRESETS[args.preset], out)
+    print(f"validation landmark TRE (network alone): {result.initial_val_tre_mm:.2f} mm before training, "
+          f"{result.best_val_tre_mm:.2f} mm at step {result.best_step} (kept); {result.seconds:.0f} s")
+    print(f"wrote {result.weights_path}, {result.config_path}, {result.log_path}, {result.curve_path}")
+    return 0
+
+
+def _train_synthesis(args: argparse.Namespace) -> int:
+    import torch
+
+    from .learned.train_synthesis import (
+        TRAIN_PRESETS,
+        SynthesisConfigError,
+        evaluate_synthesis,
+        synthesis_table_markdown,
+        train_synthesis,
+    )
+    from .phantom import held_out_seeds
+
+    if args.preset not in TRAIN_PRESETS:
+        raise SynthesisConfigError(f"unknown preset {args.preset!r}; choose from {', '.join(TRAIN_PRESETS)}")
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+    config = TRAIN_PRESETS[args.preset]
+    out = Path(args.out if args.out is not None else f"out/synthesis_{args.preset}")
+    result = train_synthesis(config, out)
+    print(f"validation sCT MAE (body): {result.best_val_mae_hu:.1f} HU at step {result.best_step} (kept); "
+          f"{result.seconds:.0f} s; wrote {result.weights_path}")
+    if args.eval_cases:
+        scores = evaluate_synthesis(result.mr_to_ct, held_out_seeds(args.eval_cases), config.phantom())
+        table = synthesis_table_markdown({args.preset: scores})
+        (out / "synthesis_eval.md").write_text(table)
+        print(table)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .figures import run_report
+    from .io import read_image, write_image, write_sitk
+    from .learned.pipeline import PIPELINE_STAGES, PRE_PROCEDURAL_METHOD, REFINE_STEPS, learned_pipeline
+    from .phantom import Tissue
+    from .transforms import field_to_sitk, warp_labels
+
+    refine_steps = REFINE_STEPS if args.refine_steps is None else args.refine_steps
+    if refine_steps < 0:
+        raise MrctError(f"--refine-steps must be >= 0, got {refine_steps}")
+    pmr, pct, ict = read_image(args.pmr), read_image(args.pct), read_image(args.ict)
+    labels = read_image(args.pmr_labels) if args.pmr_labels else None
+    if labels is not None and not labels.grid.matches(pmr.grid):
+        raise MrctError(f"--pmr-labels {args.pmr_labels} must lie on the pMR's grid")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = learned_pipeline(refine_steps=refine_steps)
+    console = Console(stderr=True)
+    console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {PRE_PROCEDURAL_METHOD} (pre-procedural, stand-in for the "
+                  f"Cycle-GAN route), pCT -> iCT with inpainting + registration network + {refine_steps} "
+                  "refinement steps, composed, pMR resampled once")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("reading", total=len(PIPELINE_STAGES))
+
+        def on_stage(name: str) -> None:
+            progress.update(task, description=name, completed=PIPELINE_STAGES.index(name))
+
+        result = pipeline.run(ict, pct, pmr, on_stage=on_stage)
+        progress.update(task, description="done", completed=len(PIPELINE_STAGES))
+    write_image(result.pmr_on_ict, out / "pmr_on_ict.nii.gz")
+    write_image(result.ict_inpainted, out / "ict_inpainted.nii.gz")
+    for name in ("pmr_to_pct", "pct_to_ict", "pmr_to_ict"):
+        write_sitk(field_to_sitk(getattr(result, name)), out / f"field_{name}.nii.gz")
+    tumour = None
+    if labels is not None:
+        warped_labels = warp_labels(labels, result.pmr_to_ict).array
+        has_tumour_label = bool((labels.array == Tissue.TUMOUR).any())
+        tumour = warped_labels == Tissue.TUMOUR if has_tumour_label else warped_labels > 0
+        write_image(result.pmr_on_ict.with_array(warped_labels), out / "pmr_labels_on_ict.nii.gz")
+    run_report(ict, result.pmr_on_ict, out / "report.png", result.stage_seconds, tumour, result.hole)
+    timings = {"stage_seconds": result.stage_seconds, "intra_procedural_s": result.intra_procedural_seconds,
+               "total_s": float(sum(result.stage_seconds.values())),
+               "convention": "field_a_to_b: on b's grid, mm, LPS, x_a = x_b + u(x_b)"}
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    width = max(len(k) for k in result.stage_seconds)
+    for stage, seconds in result.stage_seconds.items():
+        print(f"{stage:<{width}}  {seconds:7.2f} s")
+    hole_px = 0 if result.hole is None else int(np.count_nonzero(result.hole))
+    print(f"intra-procedural (inpaint + register + compose + warp): {result.intra_procedural_seconds:.2f} s; "
+          f"probe hole {hole_px} voxels")
+    print(f"wrote {out}/pmr_on_ict.nii.gz, field_pmr_to_pct/pct_to_ict/pmr_to_ict.nii.gz, ict_inpainted.nii.gz, "
+          "report.png, timings.json")
     return 0
 
 
@@ -203,12 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     rg.set_defaults(func=_cmd_register)
 
     tr = sub.add_parser("train", help="train a learned stage from phantoms and write its weights, log and loss curve")
-    tr.add_argument("model", choices=("inpainting",), help="the stage to train")
-    tr.add_argument("--preset", default="tiny", help="tiny (seconds, for tests) or ci (the committed weights)")
-    tr.add_argument("--out", help="output folder (default out/inpainting_<preset>)")
+    tr.add_argument("model", choices=("inpainting", "registration", "synthesis"), help="the stage to train")
+    tr.add_argument("--preset", default="tiny",
+                    help="tiny (seconds, for tests), ci (the committed weights); synthesis also ci-no-mi (ablation)")
+    tr.add_argument("--out", help="output folder (default out/<model>_<preset>)")
     tr.add_argument("--eval-cases", type=int, default=0,
-                    help="then score the network and the inpainting baselines on this many held-out phantoms")
+                    help="inpainting/synthesis: then score the network (and the inpainting baselines) on this many held-out phantoms")
+    tr.add_argument("--torch-threads", type=int, help="torch CPU threads (default: torch's choice)")
     tr.set_defaults(func=_cmd_train)
+
+    rn = sub.add_parser("run", help="the learned pipeline on one case: pMR warped onto iCT, fields, report, timings")
+    rn.add_argument("--pmr", required=True, help="pre-procedural MR")
+    rn.add_argument("--pct", required=True, help="pre-procedural CT")
+    rn.add_argument("--ict", required=True, help="intra-procedural CT (with the probe)")
+    rn.add_argument("--pmr-labels", help="optional label map (or tumour mask) on the pMR grid, drawn on the report")
+    rn.add_argument("--refine-steps", type=int, default=None, help="instance-optimisation steps (default: the committed setting)")
+    rn.add_argument("--threads", type=int, help=THREADS_HELP)
+    rn.add_argument("out", help="output folder")
+    rn.set_defaults(func=_cmd_run)
     return parser
 
 

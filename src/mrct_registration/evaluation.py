@@ -107,9 +107,15 @@ def score_case(case: PhantomCase, result: RegistrationResult, task: Task) -> tup
         intra_procedural_s=result.total_seconds - sum(v for k, v in result.stage_seconds.items() if k.startswith("pre_")),
         stage_seconds=dict(result.stage_seconds),
     )
+    # distance of each fixed landmark to the needle (iCT space), for the TRE near the probe
+    if case.needle is not None and task.fixed.removesuffix("_clean") == "ict":
+        probe_mm = case.needle.distance_mm(np.asarray(fixed_lm.points_mm, dtype=np.float64))
+    else:
+        probe_mm = np.full(len(fixed_lm.names), np.nan)
     landmark_rows = [
-        {"method": result.method, "seed": case.seed, "task": task.name, "name": n, "kind": k, "tre_mm": float(e)}
-        for n, k, e in zip(fixed_lm.names, fixed_lm.kinds, tre)
+        {"method": result.method, "seed": case.seed, "task": task.name, "name": n, "kind": k, "tre_mm": float(e),
+         "probe_distance_mm": float(d)}
+        for n, k, e, d in zip(fixed_lm.names, fixed_lm.kinds, tre, probe_mm)
     ]
     return score, landmark_rows
 
@@ -151,6 +157,23 @@ def landmark_table(landmarks: pd.DataFrame) -> str:
     for (method, kind), group in landmarks.groupby(["method", "kind"], sort=False):
         e = group["tre_mm"].to_numpy()
         lines.append(f"| {method} | {kind} | {e.size} | {np.median(e):.2f} | {np.percentile(e, 95):.2f} | {e.max():.2f} |")
+    return "\n".join(lines)
+
+
+NEAR_PROBE_MM = 30.0  # "near the probe": landmarks within 3 cm of the needle, where the streaks are
+
+
+def near_probe_table(landmarks: pd.DataFrame, radius_mm: float = NEAR_PROBE_MM) -> str:
+    """TRE of the landmarks within ``radius_mm`` of the needle (all kinds), per method."""
+    if "probe_distance_mm" not in landmarks or landmarks["probe_distance_mm"].isna().all():
+        return "(no probe in the fixed images of this task, or rows from a run that did not record distances)"
+    near = landmarks[landmarks["probe_distance_mm"] <= radius_mm]
+    if near.empty:
+        return f"(no landmark within {radius_mm:.0f} mm of the probe)"
+    lines = ["| Method | n | median TRE (mm) | p95 TRE (mm) | max (mm) |", "|---|---|---|---|---|"]
+    for method, group in near.groupby("method", sort=False):
+        e = group["tre_mm"].to_numpy()
+        lines.append(f"| {method} | {e.size} | {np.median(e):.2f} | {np.percentile(e, 95):.2f} | {e.max():.2f} |")
     return "\n".join(lines)
 
 
@@ -310,6 +333,10 @@ Machine: {machine_description()}.
 ## Landmark TRE pooled over all landmarks
 
 {landmark_table(landmarks)}
+
+## Landmark TRE within {NEAR_PROBE_MM:.0f} mm of the probe (all kinds, pooled)
+
+{near_probe_table(landmarks)}
 
 ## Run time by stage (mean seconds per case)
 

@@ -105,3 +105,46 @@ def phantom_figure(case, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def run_report(ict: Image, pmr_on_ict: Image, path: Path, stage_seconds: dict[str, float],
+               tumour_on_ict: np.ndarray | None = None, hole: np.ndarray | None = None, title: str = "") -> None:
+    """The report of ``mrct-reg run``: on one axial iCT slice, the warped pMR over the iCT (colour overlay),
+    a checkerboard of the two, and the iCT with the pMR tumour outline; plus the stage times.
+
+    The slice goes through the tumour's centre when a warped tumour mask is given, else through the
+    probe hole's largest slice, else through the middle of the volume.
+    """
+    if tumour_on_ict is not None and tumour_on_ict.any():
+        k = int(np.median(np.argwhere(tumour_on_ict)[:, 0]))
+    elif hole is not None and hole.any():
+        k = int(np.argmax(hole.sum(axis=(1, 2))))
+    else:
+        k = ict.grid.shape[0] // 2
+    ct, mr = _window_ct(ict.array[k]), _normalise(pmr_on_ict.array[k])
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), dpi=80)
+    axes[0].imshow(ct, cmap="gray")
+    axes[0].imshow(np.ma.masked_less(mr, 0.05), cmap="magma", alpha=0.45)
+    axes[0].set_title("iCT + warped pMR (overlay)", fontsize=9)
+    axes[1].imshow(checkerboard(ct, mr), cmap="gray")
+    axes[1].set_title("checkerboard iCT / pMR", fontsize=9)
+    axes[2].imshow(ct, cmap="gray")
+    if tumour_on_ict is not None and tumour_on_ict[k].any():
+        axes[2].contour(tumour_on_ict[k], levels=[0.5], colors="yellow", linewidths=1.0)
+        axes[2].set_title("iCT + pMR tumour outline", fontsize=9)
+    else:
+        axes[2].set_title("iCT (no pMR tumour mask given)", fontsize=9)
+    for ax in axes[:3]:
+        ax.axis("off")
+    names = list(stage_seconds)
+    axes[3].barh(range(len(names)), [stage_seconds[n] for n in names],
+                 color=["0.6" if n.startswith("pre_") else "tab:blue" for n in names])
+    axes[3].set_yticks(range(len(names)), names, fontsize=7)
+    axes[3].invert_yaxis()
+    intra = sum(v for n, v in stage_seconds.items() if not n.startswith("pre_"))
+    axes[3].set_xlabel("seconds")
+    axes[3].set_title(f"stage times (intra-procedural {intra:.1f} s, blue)", fontsize=9)
+    fig.suptitle(title or f"pMR -> iCT, axial slice {k}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

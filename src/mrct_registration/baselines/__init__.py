@@ -1,7 +1,8 @@
 """Classical registration baselines behind one interface (:class:`Registration`) and their registry.
 
-``ants-two-stage`` is a :class:`~.chain.ChainRegistration` (it also needs the pCT); every other method maps
-(fixed, moving) directly.
+``ants-two-stage`` and ``learned`` are :class:`~.chain.ChainRegistration` s (they also need the pCT); every
+other method maps (fixed, moving) directly. The learned methods live in :mod:`mrct_registration.learned` and
+are registered here so the harness and the CLI find every method in one place.
 """
 
 from __future__ import annotations
@@ -44,8 +45,33 @@ def _elastix() -> Registration:
     return ElastixBsplineRegistration()
 
 
+def _learned(kind: str) -> Callable[[], Registration | ChainRegistration]:
+    """The learned pipeline of Wei et al. 2019 and its CT-CT stage, with the committed weights."""
+
+    def make() -> Registration | ChainRegistration:
+        from ..learned.pipeline import learned_ctct, learned_pipeline, synthesis_pre_stage
+
+        if kind in PIPELINES:
+            return learned_pipeline(pre=PIPELINES[kind], name=kind)
+        if kind in ("learned-synth-syncc", "learned-synth-syncc-nomi"):  # stage (b) alone: pMR -> pCT
+            return synthesis_pre_stage("no-mi" if kind.endswith("nomi") else "mi")
+        if kind == "learned-ctct-net":  # the network alone, no instance optimisation
+            return learned_ctct(refine_steps=0, name=kind)
+        if kind == "learned-ctct-noinpaint":  # the ablation without inpainting
+            return learned_ctct(inpaint=False, name=kind)
+        return learned_ctct(name=kind)
+
+    return make
+
+
 _FACTORIES.update({"ants-rigid": _ants("rigid"), "ants-syn-mi": _ants("syn-mi"), "ants-syncc": _ants("syn-cc"),
                    "elastix-bspline-mi": _elastix, "ants-two-stage": _two_stage})
+# learned pMR -> iCT chains and the pre-procedural stage each uses (see learned/pipeline.py)
+PIPELINES = {"learned": "synthesis-mi", "learned-nomi": "synthesis-no-mi", "learned-ants-pre": "ants-syn-mi"}
+# the learned-ctct* methods register pCT -> iCT only; learned-synth-syncc* register pMR -> pCT only
+_FACTORIES.update({name: _learned(name) for name in (*PIPELINES, "learned-ctct", "learned-ctct-net",
+                                                     "learned-ctct-noinpaint", "learned-synth-syncc",
+                                                     "learned-synth-syncc-nomi")})
 METHOD_NAMES = tuple(_FACTORIES)
 
 

@@ -199,11 +199,11 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, e
         raise GeometryError(f"fixed and warped must both be [B, 1, D, H, W], got {tuple(fixed.shape)} and {tuple(warped.shape)}")
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number of voxels, got {window}")
-    kernel = torch.ones(1, 1, window, window, window, dtype=fixed.dtype, device=fixed.device)
     n = float(window ** 3)
 
     def box_sum(t: torch.Tensor) -> torch.Tensor:
-        return F.conv3d(t, kernel, padding=window // 2)
+        # a box sum with zero padding; average pooling computes it many times faster than a window^3 convolution
+        return F.avg_pool3d(t, window, stride=1, padding=window // 2, count_include_pad=True) * n
 
     f_sum, w_sum = box_sum(fixed), box_sum(warped)
     cross = box_sum(fixed * warped) - f_sum * w_sum / n

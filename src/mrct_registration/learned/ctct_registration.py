@@ -1,0 +1,155 @@
+"""Intra-procedural CT-CT registration pCT -> iCT: inpaint the probe, predict a diffeomorphic field with the
+registration network, refine it by a few steps of instance optimisation (Wei et al. 2019, Sec. 2.2-2.3).
+
+The network works on a coarse *working grid*: the fixed (iCT) image's box in physical space, sampled at
+:attr:`NetworkGeometry.working_shape` voxels whatever the iCT's resolution. Both images are resampled onto
+it (the pCT with the identity, so no pre-alignment: the phantom's pCT and iCT share the scanner frame up
+to a few mm and degrees, within the network's reach), windowed to soft-tissue contrast and scaled to
+[0, 1]. The network's displacement (voxels of the working grid) becomes a field in mm there, and is
+trilinearly upsampled onto the iCT grid: the motions it must recover are smooth on the scale of the
+working grid's 5-6 mm voxels.
+
+Instance optimisation (optional, ``refine_steps``) starts from the network's velocity and takes Adam
+steps on the same loss the network was trained with (local NCC + diffusion), for this one pair. It keeps
+the field diffeomorphic (it still integrates a velocity by scaling and squaring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..baselines.base import RegistrationResult, StageTimer, check_pair
+from ..errors import GeometryError
+from ..image import Grid, Image
+from ..transforms import DisplacementField, sample_image
+from .inpaint_baselines import InpaintFn
+from .inpaint_masks import metal_hole_mask
+from .inpainting import inpaint_volume
+from .registration_net import DiffeomorphicRegistrationNet, gradient_smoothness_loss, local_ncc_loss
+
+AIR_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class NetworkGeometry:
+    """How images become network inputs; training and inference must agree on every field.
+
+    ``working_shape``: (D, H, W) = (z, y, x) voxels of the working grid, divisible by 2**levels of the
+    U-Net; ``hu_window``: HU mapped to [0, 1] (clipped outside), a soft-tissue window in which liver,
+    vessels, fat and the body outline all have contrast; ``ncc_window``: local NCC window (voxels);
+    ``smoothness_weight``: weight of the diffusion loss (working-grid voxels).
+    """
+
+    working_shape: tuple[int, int, int] = (40, 48, 48)
+    hu_window: tuple[float, float] = (-250.0, 350.0)
+    ncc_window: int = 7
+    smoothness_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "working_shape", tuple(int(n) for n in self.working_shape))
+        if len(self.working_shape) != 3 or min(self.working_shape) < 4:
+            raise GeometryError(f"working_shape must be 3 sizes >= 4 (z, y, x), got {self.working_shape}")
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise GeometryError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+
+
+def working_grid(grid: Grid, shape: tuple[int, int, int]) -> Grid:
+    """The same box in physical space as ``grid`` (voxel edges to voxel edges), sampled at ``shape`` (z, y, x)."""
+    old = np.asarray(grid.spacing_mm)
+    new = old * np.asarray(grid.size_xyz) / np.asarray(shape[::-1], dtype=np.float64)
+    # the first voxel's outer edge stays put: origin moves by half the spacing difference along each axis
+    origin = np.asarray(grid.origin_mm) + grid.direction_matrix @ ((new - old) / 2.0)
+    return Grid(tuple(shape), tuple(new), tuple(origin), grid.direction)
+
+
+def ct_to_tensor(ct: Image, grid: Grid, hu_window: tuple[float, float]) -> torch.Tensor:
+    """A CT image resampled onto ``grid`` (anti-aliased when coarser), windowed to [0, 1]: [1, 1, D, H, W]."""
+    ratio = np.asarray(grid.spacing_mm) / np.asarray(ct.grid.spacing_mm)  # (x, y, z)
+    sigma_zyx = [0.4 * r if r > 1.0 else 0.0 for r in ratio[::-1]]
+    source = ct.array.astype(np.float32)
+    if any(sigma_zyx):
+        source = ndimage.gaussian_filter(source, sigma_zyx, mode="nearest")
+    values = sample_image(ct.with_array(source), grid.physical_points(), order=1, fill_value=AIR_HU)
+    lo, hi = hu_window
+    scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return torch.from_numpy(scaled)[None, None]
+
+
+def inpaint_probe(ict: Image, inpaint: InpaintFn) -> tuple[Image, np.ndarray]:
+    """The iCT with its metal hole (threshold + dilation, no ground truth) filled slice by slice, and the hole."""
+    hole = metal_hole_mask(ict.array)
+    if not hole.any():
+        return ict, hole
+    return ict.with_array(inpaint_volume(ict.array, hole, inpaint)), hole
+
+
+def refine_velocity(net: DiffeomorphicRegistrationNet, moving: torch.Tensor, fixed: torch.Tensor,
+                    velocity: torch.Tensor, geometry: NetworkGeometry, steps: int, lr: float) -> torch.Tensor:
+    """Instance optimisation: ``steps`` Adam steps on local NCC + diffusion of this pair, from ``velocity``.
+
+    ``velocity`` [1, 3, D, H, W] in working-grid voxels (z, y, x); returns the refined velocity (detached).
+    The network's integrator and transformer are reused, so the result is the same kind of field.
+    """
+    v = velocity.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([v], lr=lr)
+    for _ in range(steps):
+        displacement = net.integrate(v)
+        warped = net.transformer(moving, displacement)
+        loss = (local_ncc_loss(fixed, warped, geometry.ncc_window)
+                + geometry.smoothness_weight * gradient_smoothness_loss(displacement))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return v.detach()
+
+
+@dataclass(frozen=True, eq=False)
+class CtCtResult:
+    """A pCT -> iCT registration, the iCT as the network saw it (inpainted) and the hole (None: not inpainted)."""
+
+    registration: RegistrationResult
+    inpainted: Image
+    hole: np.ndarray | None
+
+
+class LearnedCtCtRegistration:
+    """pCT (moving) -> iCT (fixed): inpainting, network, optional refinement; a field on the iCT grid.
+
+    ``inpaint=None`` skips inpainting (the ablation "without inpainting"); on an iCT without metal the
+    inpainting stage finds no hole and changes nothing. Stages, timed separately: ``inpaint``,
+    ``resample`` (both images onto the working grid), ``network``, ``refine``, ``to_field``.
+    """
+
+    def __init__(self, net: DiffeomorphicRegistrationNet, geometry: NetworkGeometry, inpaint: InpaintFn | None,
+                 refine_steps: int = 0, refine_lr: float = 0.05, name: str = "learned-ctct") -> None:
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        self.net, self.geometry, self.inpaint = net.eval(), geometry, inpaint
+        self.refine_steps, self.refine_lr, self.name = refine_steps, refine_lr, name
+
+    def run(self, fixed: Image, moving: Image) -> CtCtResult:
+        """The registration and the inpainted iCT it was computed against."""
+        check_pair(fixed, moving)
+        timer = StageTimer()
+        with timer.stage("inpaint"):
+            target, hole = inpaint_probe(fixed, self.inpaint) if self.inpaint is not None else (fixed, None)
+        with timer.stage("resample"):
+            grid = working_grid(fixed.grid, self.geometry.working_shape)
+            f = ct_to_tensor(target, grid, self.geometry.hu_window)
+            m = ct_to_tensor(moving, grid, self.geometry.hu_window)
+        with timer.stage("network"), torch.no_grad():
+            velocity = self.net.unet(torch.cat([m, f], dim=1))
+        if self.refine_steps:
+            with timer.stage("refine"):
+                velocity = refine_velocity(self.net, m, f, velocity, self.geometry, self.refine_steps, self.refine_lr)
+        with timer.stage("to_field"), torch.no_grad():
+            coarse = DisplacementField.from_torch(self.net.integrate(velocity), grid)
+            field = DisplacementField.from_point_map(fixed.grid, coarse.map_points)
+        return CtCtResult(RegistrationResult(self.name, field, timer.seconds), target, hole)
+
+    def register(self, fixed: Image, moving: Image) -> RegistrationResult:
+        return self.run(fixed, moving).registration
