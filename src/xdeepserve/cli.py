@@ -38,6 +38,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory-mib", type=int, default=512)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--served-model-name", default=None)
+    mtp = p.add_mutually_exclusive_group()
+    mtp.add_argument("--mtp", dest="mtp", action="store_true", default=None,
+                     help="speculative decoding with the checkpoint's DeepSeek MTP module (required)")
+    mtp.add_argument("--no-mtp", dest="mtp", action="store_false",
+                     help="ignore the MTP module (default: use it when the checkpoint has one)")
 
 
 def _engine_config(args: argparse.Namespace):
@@ -54,12 +59,17 @@ def _engine_config(args: argparse.Namespace):
         kv_cache_memory_bytes=args.kv_cache_memory_mib * 2**20,
         enable_prefix_caching=not args.no_prefix_caching,
         served_model_name=args.served_model_name,
+        mtp=args.mtp,
     )
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
-    out = make_model(args.arch, args.out, seed=args.seed)
-    print(f"wrote a tiny random {args.arch} checkpoint to {out}")
+    if args.mtp and args.arch != "deepseek_v3":
+        print("xds make-model: --mtp needs --arch deepseek_v3 (MTP modules are DeepSeek's)", file=sys.stderr)
+        return 2
+    out = make_model(args.arch, args.out, seed=args.seed, mtp=args.mtp)
+    extra = " with an MTP module" if args.mtp else ""
+    print(f"wrote a tiny random {args.arch} checkpoint{extra} to {out}")
     return 0
 
 
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=ARCHITECTURES, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mtp", action="store_true", help="deepseek_v3: add one random MTP module")
     p.set_defaults(func=cmd_make_model)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")

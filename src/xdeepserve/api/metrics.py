@@ -49,6 +49,10 @@ class EngineStatsCollector(Collector):
                                   value=s.prefix_cache_hit_tokens)
         yield CounterMetricFamily("xds_num_preemptions", "Requests preempted for lack of KV-cache blocks",
                                   value=s.num_preemptions)
+        yield CounterMetricFamily("xds_spec_draft_tokens", "MTP draft tokens verified by the main model",
+                                  value=s.spec_draft_tokens)
+        yield CounterMetricFamily("xds_spec_accepted_tokens", "MTP draft tokens accepted",
+                                  value=s.spec_accepted_tokens)
 
 
 class FrontendMetrics:

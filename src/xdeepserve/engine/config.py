@@ -24,6 +24,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     served_model_name: str | None = None
     cuda_graphs: bool = True  # decode-only steps replay captured CUDA graphs (CUDA devices only)
+    # DeepSeek MTP speculative decoding (one draft token per step, greedy requests): None = when the
+    # checkpoint has an MTP module, True = require one, False = off
+    mtp: bool | None = None
     seed: int = 0
 
     @property

@@ -38,6 +38,8 @@ class EngineStats:
     prefix_cache_hit_tokens: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    spec_draft_tokens: int = 0  # MTP drafts verified
+    spec_accepted_tokens: int = 0  # ... and accepted
 
 
 class EngineCore:
@@ -48,7 +50,8 @@ class EngineCore:
         if bundle is None:
             cfg_len = max_len or 4096
             bundle = load_model(
-                config.model, device=config.device, dtype=config.torch_dtype, max_positions=cfg_len, with_tokenizer=False
+                config.model, device=config.device, dtype=config.torch_dtype, max_positions=cfg_len,
+                with_tokenizer=False, mtp=config.mtp,
             )
         self.bundle = bundle
         model = bundle.model
@@ -108,7 +111,7 @@ class EngineCore:
         if sched.empty:
             return []
         try:
-            sampled, logprobs = self.runner.execute(sched)
+            sampled, logprobs, drafts = self.runner.execute(sched)
         except Exception as e:  # a failing batch fails its requests, not the engine
             log.exception("model step failed")
             outs = []
@@ -117,19 +120,19 @@ class EngineCore:
                 outs.append(EngineOutput(s.request.request_id, (), FinishReason.ERROR, error=f"engine step failed: {e}"))
             return outs
         self.num_steps += 1
-        self.scheduler.update(sched, sampled)
-        self.generation_tokens += len(sampled)
+        appended = self.scheduler.update(sched, sampled, drafts)
+        self.generation_tokens += sum(len(t) for t in appended.values())
         outs = []
         for s in sched.scheduled:
             req = s.request
-            token = sampled.get(req.request_id)
-            if token is None and req.finish_reason is None:
+            tokens = appended.get(req.request_id)
+            if tokens is None and req.finish_reason is None:
                 continue
             lp: tuple[TokenLogprob, ...] = (logprobs[req.request_id],) if req.request_id in logprobs else ()
             outs.append(
                 EngineOutput(
                     req.request_id,
-                    (token,) if token is not None else (),
+                    tuple(tokens or ()),
                     req.finish_reason,
                     lp,
                     num_prompt_tokens=req.num_prompt_tokens,
@@ -144,6 +147,7 @@ class EngineCore:
         self.add_request("__warmup__", [0] * min(8, self.max_model_len - 3), SamplingParams(max_tokens=2, ignore_eos=True))
         self.run_until_done()
         self.prompt_tokens = self.generation_tokens = self.num_steps = 0
+        self.runner.spec_proposed = self.runner.spec_accepted = 0
         self.kv.prefix_hit_tokens = self.kv.prefix_query_tokens = 0
 
     def stats(self) -> EngineStats:
@@ -155,6 +159,8 @@ class EngineCore:
             prefix_cache_hit_tokens=self.kv.prefix_hit_tokens,
             prompt_tokens=self.prompt_tokens,
             generation_tokens=self.generation_tokens,
+            spec_draft_tokens=self.runner.spec_proposed,
+            spec_accepted_tokens=self.runner.spec_accepted,
         )
 
     def run_until_done(self, max_steps: int | None = None) -> list[EngineOutput]:

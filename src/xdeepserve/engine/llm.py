@@ -31,6 +31,7 @@ class LLM:
             device=self.config.device,
             dtype=self.config.torch_dtype,
             max_positions=self.config.max_model_len or 4096,
+            mtp=self.config.mtp,
         )
         self.tokenizer = bundle.tokenizer
         self.core = EngineCore(self.config, bundle)

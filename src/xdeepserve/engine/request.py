@@ -111,6 +111,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
+    # MTP speculative decoding: the draft for the token after the next one, proposed by the last step
+    # and verified in the next (valid for that step only)
+    draft_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.sampling.seed is not None:

@@ -24,11 +24,14 @@ class ScheduledRequest:
     request: Request
     num_tokens: int  # tokens to compute this step, starting at request.num_computed_tokens
     start: int  # == request.num_computed_tokens when scheduled
+    # trailing draft tokens among num_tokens (MTP speculative decoding): the last known token is
+    # followed by ``request.draft_token_ids``, and every one of these rows is verified
+    num_draft: int = 0
 
     @property
     def samples(self) -> bool:
         """True when this chunk reaches the end of the known tokens, so its last logits are sampled."""
-        return self.start + self.num_tokens == self.request.num_tokens
+        return self.start + self.num_tokens == self.request.num_tokens + self.num_draft
 
 
 @dataclass
@@ -91,9 +94,19 @@ class Scheduler:
             self.finish(req, FinishReason.ABORT)
         return req
 
+    def _usable_draft(self, req: Request, budget: int) -> list[int]:
+        """The request's drafts if they can be verified this step: it is decoding (one known token left
+        to compute) and the draft fits the token budget, the context and ``max_tokens``."""
+        d = req.draft_token_ids
+        if not d or req.num_tokens - req.num_computed_tokens != 1:
+            return []
+        room = min(budget - 1, self.max_model_len - req.num_tokens, req.sampling.max_tokens - len(req.output_token_ids) - 1)
+        return d[: max(room, 0)]
+
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv.free(req)
+        req.draft_token_ids = []
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
@@ -108,6 +121,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
+            draft = self._usable_draft(req, budget)
+            req.draft_token_ids = draft  # a draft not verified now is stale by the next step
+            n += len(draft)
             while not self.kv.allocate(req, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -115,7 +131,7 @@ class Scheduler:
                 if victim is req:
                     break
             else:
-                out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
+                out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens, len(draft)))
                 budget -= n
                 i += 1
                 continue
@@ -140,27 +156,43 @@ class Scheduler:
             budget -= n
         return out
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update(
+        self,
+        out: SchedulerOutput,
+        sampled: dict[str, int | list[int]],
+        drafts: dict[str, list[int]] | None = None,
+    ) -> dict[str, list[int]]:
         """Advance computed counts, append sampled tokens, finish requests that hit a stop condition.
 
-        Returns the requests finished in this step.
+        ``sampled`` maps a request to its new token, or to its new tokens after verifying drafts (the
+        accepted drafts, then the main model's token after them). ``drafts`` are the next step's
+        proposals. Returns the tokens actually appended per request (cut at a stop condition); the
+        requests that finished have ``finish_reason`` set.
         """
-        finished = []
+        appended: dict[str, list[int]] = {}
         for s in out.scheduled:
             req = s.request
             if req.status is not RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            req.num_computed_tokens = s.start + s.num_tokens
+            got = sampled.get(req.request_id)
+            tokens = [got] if isinstance(got, int) else list(got or [])
+            # rejected drafts were computed but are not part of the sequence: their KV is overwritten
+            accepted = len(tokens) - 1 if s.num_draft else 0
+            req.num_computed_tokens = s.start + s.num_tokens - (s.num_draft - accepted)
             self.kv.cache_full_blocks(req)
-            token = sampled.get(req.request_id)
-            if token is None:
+            if not tokens:
                 continue
-            req.output_token_ids.append(token)
-            reason = self._stop_reason(req, token)
-            if reason is not None:
-                self.finish(req, reason)
-                finished.append(req)
-        return finished
+            kept = appended[req.request_id] = []
+            for token in tokens:
+                req.output_token_ids.append(token)
+                kept.append(token)
+                reason = self._stop_reason(req, token)
+                if reason is not None:
+                    self.finish(req, reason)
+                    break
+            else:
+                req.draft_token_ids = list((drafts or {}).get(req.request_id, ()))
+        return appended
 
     def _stop_reason(self, req: Request, token: int) -> FinishReason | None:
         sp = req.sampling

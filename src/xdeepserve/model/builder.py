@@ -84,13 +84,23 @@ def hf_classes(arch: str):
     }[arch]
 
 
-def make_model(arch: str, out: str | Path, *, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
-    """Create ``out`` holding a tiny random ``arch`` checkpoint with tokenizer and generation config."""
+def make_model(
+    arch: str, out: str | Path, *, seed: int = 0, overrides: dict[str, Any] | None = None, mtp: bool = False
+) -> Path:
+    """Create ``out`` holding a tiny random ``arch`` checkpoint with tokenizer and generation config.
+
+    ``mtp`` (DeepSeek-V3 only) adds one multi-token-prediction module in DeepSeek's checkpoint layout
+    (``model.layers.{num_hidden_layers}.*``, see :mod:`.mtp`); HF transformers ignores those tensors.
+    """
     out = Path(out)
+    if mtp and arch != "deepseek_v3":
+        raise ValueError("MTP modules exist only for deepseek_v3")
     tok = train_tokenizer()
     vocab = ((tok.get_vocab_size() + 63) // 64) * 64
     kwargs = tiny_config_kwargs(arch, vocab)
     kwargs.update(overrides or {})
+    if mtp:
+        kwargs["num_nextn_predict_layers"] = 1
     ids = save_tokenizer(tok, out, model_max_length=kwargs["max_position_embeddings"])
     kwargs.update(bos_token_id=ids["<|bos|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|pad|>"])
     config_cls, model_cls = hf_classes(arch)
@@ -103,6 +113,37 @@ def make_model(arch: str, out: str | Path, *, seed: int = 0, overrides: dict[str
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(torch.randn_like(buf) * 0.05)
     model.save_pretrained(str(out))
+    if mtp:
+        _append_mtp_module(model, out, seed)
     gen = {"bos_token_id": ids["<|bos|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|eos|>"]], "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     return out
+
+
+def _append_mtp_module(model, out: Path, seed: int) -> None:
+    """Add a random MTP module under ``model.layers.{L}`` to the saved single-file checkpoint."""
+    from safetensors.torch import load_file, save_file
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer
+
+    cfg = model.config
+    n = cfg.num_hidden_layers
+    gen = torch.Generator().manual_seed(seed + 1)
+    layer = DeepseekV3DecoderLayer(cfg, layer_idx=n)  # past first_k_dense_replace: a MoE layer
+    tensors = {}
+    for name, value in layer.state_dict().items():
+        if name.endswith("norm.weight"):
+            value = torch.ones_like(value)
+        elif name.endswith("e_score_correction_bias"):
+            value = torch.randn(value.shape, generator=gen) * 0.05
+        else:  # experts are created uninitialised; give every matrix the config's init scale
+            value = torch.randn(value.shape, generator=gen) * cfg.initializer_range
+        tensors[f"model.layers.{n}.{name}"] = value.contiguous()
+    h = cfg.hidden_size
+    tensors[f"model.layers.{n}.enorm.weight"] = torch.ones(h)
+    tensors[f"model.layers.{n}.hnorm.weight"] = torch.ones(h)
+    tensors[f"model.layers.{n}.eh_proj.weight"] = torch.randn(h, 2 * h, generator=gen) * cfg.initializer_range
+    tensors[f"model.layers.{n}.embed_tokens.weight"] = model.get_input_embeddings().weight.detach().clone()
+    tensors[f"model.layers.{n}.shared_head.norm.weight"] = torch.ones(h)
+    tensors[f"model.layers.{n}.shared_head.head.weight"] = model.lm_head.weight.detach().clone()
+    file = out / "model.safetensors"
+    save_file({**load_file(str(file)), **tensors}, str(file), metadata={"format": "pt"})

@@ -102,8 +102,10 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-_EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_FUSED_EXPERT = re.compile(r"^(layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+_EXPERT = re.compile(r"^((?:layers\.\d+|mtp\.layer)\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_FUSED_EXPERT = re.compile(r"^((?:layers\.\d+|mtp\.layer)\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+# tensors of a DeepSeek MTP module that are not part of its decoder layer
+_MTP_OWN = ("enorm.", "hnorm.", "eh_proj.", "embed_tokens.", "shared_head.")
 # checkpoint projections we store fused into one matrix: fused name -> parts, in row order
 _FUSED = {"gate_up_proj": ("gate_proj", "up_proj"), "qkv_proj": ("q_proj", "k_proj", "v_proj")}
 _PART_OF = {part: (fused, i) for fused, parts in _FUSED.items() for i, part in enumerate(parts)}
@@ -165,7 +167,12 @@ def load_weights(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]], s
         name = _canonical(raw_name)
         layer = re.match(r"^layers\.(\d+)\.", name)
         if layer and int(layer[1]) >= cfg.num_layers:
-            continue  # DeepSeek MTP modules live after the decoder layers; loaded separately
+            # DeepSeek MTP modules live after the decoder layers: the first one becomes ``mtp`` when
+            # the model was built with it; deeper ones (and all of them otherwise) are not used
+            if model.mtp is None or int(layer[1]) != cfg.num_layers:
+                continue
+            rest = name[len(layer[0]) :]
+            name = "mtp." + rest if rest.startswith(_MTP_OWN) else "mtp.layer." + rest
         if name.endswith("rotary_emb.inv_freq"):
             continue
         if m := _EXPERT.match(name):
@@ -221,19 +228,41 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     max_positions: int | None = None,
     with_tokenizer: bool = True,
+    mtp: bool | None = None,
 ) -> ModelBundle:
+    """Load a checkpoint directory. ``mtp``: build and load the first DeepSeek MTP module as a draft
+    head (None: when the checkpoint has one; True: required; False: ignore it)."""
     path = Path(path)
     cfg, raw = read_config(path)
     if cfg.family == "mixtral" and raw.get("sliding_window"):
         raise UnsupportedModelError("Mixtral with sliding_window attention is not supported")
+    present = has_mtp_weights(path, cfg)
+    if mtp and not present:
+        raise CheckpointError(
+            f"{path}: MTP was requested but the checkpoint has no multi-token-prediction module "
+            f"(num_nextn_predict_layers={cfg.num_mtp_layers}, no tensors under model.layers.{cfg.num_layers}.)"
+        )
     with torch.device("meta"):
-        model = CausalLM(cfg, max_positions=max_positions)
+        model = CausalLM(cfg, max_positions=max_positions, with_mtp=present if mtp is None else mtp)
     model = model.to_empty(device="cpu")
     _reset_buffers(model, cfg, max_positions)  # buffers computed at construction were lost by to_empty
     load_weights(model, iter_checkpoint(path), path)
     cast_model(model, device=device, dtype=dtype)
     tok = load_tokenizer(path) if with_tokenizer else None
     return ModelBundle(path, cfg, model, tok, read_generation_defaults(path, cfg), raw)
+
+
+def has_mtp_weights(path: Path, cfg: ModelConfig) -> bool:
+    """Whether the checkpoint holds the first MTP module (config ``num_nextn_predict_layers`` >= 1 and
+    its tensors present: HF's ``save_pretrained`` writes the config key without the weights)."""
+    if cfg.num_mtp_layers < 1:
+        return False
+    key = f"model.layers.{cfg.num_layers}.eh_proj.weight"
+    for file in _weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            if key in f.keys():
+                return True
+    return False
 
 
 def cast_model(model: CausalLM, *, device: str | torch.device, dtype: torch.dtype) -> CausalLM:
@@ -254,6 +283,7 @@ def _reset_buffers(model: CausalLM, cfg: ModelConfig, max_positions: int | None)
     ref = RotaryEmbedding(cfg.rope, rot_dim, positions)
     model.rotary.cos = ref.cos
     model.rotary.sin = ref.sin
-    for layer in model.layers:
+    layers = list(model.layers) + ([model.mtp.layer] if model.mtp is not None else [])
+    for layer in layers:
         if layer.is_moe and hasattr(layer.mlp.gate, "e_score_correction_bias"):
             layer.mlp.gate.e_score_correction_bias.zero_()

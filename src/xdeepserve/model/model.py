@@ -16,16 +16,19 @@ from .attention import AttentionMetadata, make_attention
 from .config import ModelConfig
 from .layers import RMSNorm, RotaryEmbedding
 from .moe import DenseFFN, MoE
+from .mtp import MTPModule
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+    def __init__(
+        self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, is_moe: bool | None = None
+    ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = make_attention(cfg, rotary)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.is_moe = cfg.moe_layers[layer_idx]
+        self.is_moe = cfg.moe_layers[layer_idx] if is_moe is None else is_moe
         self.mlp: nn.Module = MoE(cfg) if self.is_moe else DenseFFN(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -36,7 +39,7 @@ class DecoderLayer(nn.Module):
 class CausalLM(nn.Module):
     """Embedding, decoder layers, final norm and LM head over a flat batch of tokens."""
 
-    def __init__(self, cfg: ModelConfig, max_positions: int | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int | None = None, with_mtp: bool = False) -> None:
         super().__init__()
         self.config = cfg
         rot_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.head_dim
@@ -48,6 +51,8 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # the first of DeepSeek's multi-token-prediction modules, as a draft head (None: not loaded)
+        self.mtp = MTPModule(cfg, cfg.num_layers, self.rotary) if with_mtp else None
 
     @property
     def max_positions(self) -> int:
@@ -56,7 +61,8 @@ class CausalLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, ...]]
     ) -> torch.Tensor:
-        """input_ids: [T] -> final hidden states [T, hidden] (after the final norm)."""
+        """input_ids: [T] -> final hidden states [T, hidden] (after the final norm). ``kv_caches`` may
+        hold one more entry than there are layers (the MTP module's); it is not used here."""
         x = self.embed_tokens(input_ids)
         for layer, cache in zip(self.layers, kv_caches):
             x = layer(x, meta, cache)
