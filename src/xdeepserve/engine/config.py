@@ -27,6 +27,8 @@ class EngineConfig:
     # DeepSeek MTP speculative decoding (one draft token per step, greedy requests): None = when the
     # checkpoint has an MTP module, True = require one, False = off
     mtp: bool | None = None
+    # disaggregated prefill-decode: park each request after its first token, KV kept until pulled
+    prefill_only: bool = False
     seed: int = 0
 
     @property

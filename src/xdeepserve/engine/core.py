@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -19,6 +21,7 @@ from .request import (
     FinishReason,
     InvalidRequestError,
     Request,
+    RequestStatus,
     SamplingParams,
     TokenLogprob,
     check_prompt,
@@ -27,6 +30,15 @@ from .runner import ModelRunner, num_blocks_for_memory
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+
+class KVFetch(Protocol):
+    """A KV pull in flight (decode side of disaggregated prefill-decode)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> object:  # raises the transfer's error
+        ...
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,8 @@ class EngineStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     spec_draft_tokens: int = 0  # MTP drafts verified
+    num_parked: int = 0  # prefill-only: requests holding KV for a decode engine to pull
+    num_awaiting_kv: int = 0  # decode: transferred requests waiting for blocks or their KV
     spec_accepted_tokens: int = 0  # ... and accepted
 
 
@@ -77,7 +91,10 @@ class EngineCore:
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.enable_chunked_prefill,
+            prefill_only=config.prefill_only,
         )
+        self._fetch_fns: dict[str, Callable] = {}  # decode side: how to pull each transferred request's KV
+        self._fetches: dict[str, KVFetch] = {}  # ... pulls in flight
         self.runner = ModelRunner(
             model, num_blocks, bs, config.torch_dtype,
             cuda_graph_max_batch=config.max_num_seqs if config.cuda_graphs else 0,
@@ -98,6 +115,71 @@ class EngineCore:
         self.scheduler.add(req)
         self.prompt_tokens += len(prompt_token_ids)
 
+    # ---- disaggregated prefill-decode ------------------------------------------------------------------
+    def add_transferred_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        output_token_ids: list[int],
+        sampling: SamplingParams,
+        fetch: Callable[[list[tuple[torch.Tensor, ...]], list[int], int, int], KVFetch],
+    ) -> None:
+        """Decode side: continue a request prefilled elsewhere (its prompt KV and first output tokens).
+
+        When blocks are free, ``fetch(kv_caches, block_ids, block_size, kv_tokens)`` is called to start
+        pulling the KV of the first ``kv_tokens`` tokens into those blocks; the request decodes once the
+        returned :class:`KVFetch` is done. Until then the prefill side keeps its copy (back-pressure).
+        """
+        if request_id in self.scheduler.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
+        tokens = list(prompt_token_ids) + list(output_token_ids)
+        check_prompt(tokens, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
+        req = Request(request_id, list(prompt_token_ids), sampling, eos_token_ids=self.eos_token_ids)
+        req.output_token_ids = list(output_token_ids)
+        self._fetch_fns[request_id] = fetch
+        self.scheduler.add_transferred(req, len(tokens) - 1)
+
+    def export_kv(self, request_id: str) -> torch.Tensor:
+        """Prefill side: ``[caches, tokens, heads, width]`` KV rows of a parked request."""
+        from ..pd.kv_transfer import gather_kv
+
+        req = self.scheduler.parked.get(request_id)
+        if req is None:
+            raise InvalidRequestError(f"request {request_id!r} is not parked on this prefill engine")
+        return gather_kv(self.runner.kv_caches, req.block_ids, self.config.block_size, req.num_computed_tokens)
+
+    def release_kv(self, request_id: str) -> bool:
+        """Prefill side: the decode side holds the KV now; free the parked request's blocks."""
+        return self.scheduler.release(request_id) is not None
+
+    def _advance_transfers(self) -> list[EngineOutput]:
+        failed = []
+        for req, kv_tokens in self.scheduler.admit_transfers():
+            fetch = self._fetch_fns.pop(req.request_id)
+            try:
+                self._fetches[req.request_id] = fetch(self.runner.kv_caches, list(req.block_ids), self.config.block_size, kv_tokens)
+            except Exception as e:
+                failed.append((req, e))
+        for rid, handle in list(self._fetches.items()):
+            req = self.scheduler.requests.get(rid)
+            if req is None:  # aborted meanwhile
+                del self._fetches[rid]
+                continue
+            if not handle.done():
+                continue
+            del self._fetches[rid]
+            try:
+                handle.result()
+            except Exception as e:
+                failed.append((req, e))
+                continue
+            self.scheduler.transfer_done(req)
+        outs = []
+        for req, e in failed:
+            self.scheduler.finish(req, FinishReason.ERROR)
+            outs.append(EngineOutput(req.request_id, (), FinishReason.ERROR, error=f"KV transfer failed: {e}"))
+        return outs
+
     def abort(self, request_ids: list[str]) -> list[str]:
         """Abort and free; returns the ids that were still in flight."""
         return [rid for rid in request_ids if self.scheduler.abort(rid) is not None]
@@ -107,9 +189,10 @@ class EngineCore:
 
     # ---- the step ------------------------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        transfer_outs = self._advance_transfers() if self.scheduler.awaiting_kv or self._fetches else []
         sched = self.scheduler.schedule()
         if sched.empty:
-            return []
+            return transfer_outs
         try:
             sampled, logprobs, drafts = self.runner.execute(sched)
         except Exception as e:  # a failing batch fails its requests, not the engine
@@ -122,7 +205,7 @@ class EngineCore:
         self.num_steps += 1
         appended = self.scheduler.update(sched, sampled, drafts)
         self.generation_tokens += sum(len(t) for t in appended.values())
-        outs = []
+        outs = transfer_outs
         for s in sched.scheduled:
             req = s.request
             tokens = appended.get(req.request_id)
@@ -137,6 +220,7 @@ class EngineCore:
                     lp,
                     num_prompt_tokens=req.num_prompt_tokens,
                     num_cached_tokens=req.num_cached_tokens,
+                    kv_ready_tokens=req.num_computed_tokens if req.status is RequestStatus.PARKED else 0,
                 )
             )
         return outs
@@ -154,6 +238,8 @@ class EngineCore:
         return EngineStats(
             num_waiting=len(self.scheduler.waiting),
             num_running=len(self.scheduler.running),
+            num_parked=len(self.scheduler.parked),
+            num_awaiting_kv=len(self.scheduler.awaiting_kv) + len(self.scheduler.receiving),
             kv_cache_usage=self.kv.usage,
             num_preemptions=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens=self.kv.prefix_hit_tokens,

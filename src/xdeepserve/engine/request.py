@@ -92,6 +92,8 @@ class RequestStatus(enum.Enum):
     WAITING = enum.auto()
     RUNNING = enum.auto()
     FINISHED = enum.auto()
+    PARKED = enum.auto()  # prefill done on a prefill-only engine: blocks kept until the KV is pulled
+    AWAITING_KV = enum.auto()  # on a decode engine: waiting for blocks, or for its KV to arrive
 
 
 @dataclass(eq=False)
@@ -154,6 +156,8 @@ class EngineOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     error: str | None = None
+    # prefill-only engines: the request is parked with this many tokens of KV ready to be pulled
+    kv_ready_tokens: int = 0
 
     @property
     def finished(self) -> bool:

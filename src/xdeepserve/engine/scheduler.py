@@ -57,8 +57,10 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         enable_chunked_prefill: bool = True,
+        prefill_only: bool = False,
     ) -> None:
         self.kv = kv
+        self.prefill_only = prefill_only
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -67,6 +69,10 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # disaggregated prefill-decode
+        self.parked: dict[str, Request] = {}  # prefill-only: first token sampled, KV kept for the pull
+        self.awaiting_kv: deque[tuple[Request, int]] = deque()  # decode: (request, KV tokens) needing blocks
+        self.receiving: dict[str, tuple[Request, int]] = {}  # decode: blocks allocated, KV on its way
 
     # ---- queue management -------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -74,7 +80,7 @@ class Scheduler:
         self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.awaiting_kv or self.receiving)
 
     def finish(self, req: Request, reason: FinishReason) -> None:
         """Finish (or abort) a request and free its blocks immediately."""
@@ -82,6 +88,11 @@ class Scheduler:
             return
         if req.status is RequestStatus.RUNNING:
             self.running.remove(req)
+        elif req.status is RequestStatus.PARKED:
+            del self.parked[req.request_id]
+        elif req.status is RequestStatus.AWAITING_KV:
+            if self.receiving.pop(req.request_id, None) is None:
+                self.awaiting_kv = deque(item for item in self.awaiting_kv if item[0] is not req)
         else:
             self.waiting.remove(req)
         req.status, req.finish_reason = RequestStatus.FINISHED, reason
@@ -93,6 +104,50 @@ class Scheduler:
         if req is not None:
             self.finish(req, FinishReason.ABORT)
         return req
+
+    # ---- disaggregated prefill-decode ----------------------------------------------------------------
+    def add_transferred(self, req: Request, kv_tokens: int) -> None:
+        """Decode side: a request whose first ``kv_tokens`` tokens were prefilled elsewhere. It waits
+        for blocks (back-pressure: the prefill side keeps its copy meanwhile), then for its KV."""
+        if not 0 < kv_tokens < req.num_tokens:
+            raise ValueError(f"{req.request_id}: {kv_tokens} KV tokens for a request of {req.num_tokens} tokens")
+        self.requests[req.request_id] = req
+        req.status = RequestStatus.AWAITING_KV
+        self.awaiting_kv.append((req, kv_tokens))
+
+    def admit_transfers(self) -> list[tuple[Request, int]]:
+        """Give blocks to waiting transferred requests, oldest first, while blocks last (room for their
+        KV and the next token). Returns the newly admitted ones: their KV can be pulled now."""
+        admitted = []
+        while self.awaiting_kv and len(self.running) + len(self.receiving) < self.max_num_seqs:
+            req, kv_tokens = self.awaiting_kv[0]
+            if not self.kv.allocate(req, kv_tokens + 1):
+                break
+            self.awaiting_kv.popleft()
+            self.receiving[req.request_id] = (req, kv_tokens)
+            admitted.append((req, kv_tokens))
+        return admitted
+
+    def transfer_done(self, req: Request) -> None:
+        """Decode side: the request's KV arrived; it joins the running batch as a decode."""
+        _, kv_tokens = self.receiving.pop(req.request_id)
+        req.num_computed_tokens = kv_tokens
+        self.kv.cache_full_blocks(req)
+        req.status = RequestStatus.RUNNING
+        self.running.append(req)
+
+    def release(self, request_id: str) -> Request | None:
+        """Prefill side: the decode side has the KV; free the parked request's blocks."""
+        req = self.parked.get(request_id)
+        if req is not None:
+            self.finish(req, FinishReason.STOP)
+        return req
+
+    def _park(self, req: Request) -> None:
+        self.running.remove(req)
+        req.status = RequestStatus.PARKED
+        req.draft_token_ids = []
+        self.parked[req.request_id] = req
 
     def _usable_draft(self, req: Request, budget: int) -> list[int]:
         """The request's drafts if they can be verified this step: it is decoding (one known token left
@@ -191,7 +246,10 @@ class Scheduler:
                     self.finish(req, reason)
                     break
             else:
-                req.draft_token_ids = list((drafts or {}).get(req.request_id, ()))
+                if self.prefill_only:  # its decode runs elsewhere, from this KV
+                    self._park(req)
+                else:
+                    req.draft_token_ids = list((drafts or {}).get(req.request_id, ()))
         return appended
 
     def _stop_reason(self, req: Request, token: int) -> FinishReason | None:
