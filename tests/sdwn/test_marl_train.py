@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import networkx as nx
 import pytest
+import torch
 
 from sdwn_multicast.cli import main
 from sdwn_multicast.dataset import generate_dataset
@@ -108,3 +109,15 @@ def test_the_local_critic_ablation_checkpoints_one_critic_per_agent(tmp_path):
     policy, _ = load_policy(tmp_path)
     assert len(policy.domain_critics) == len(policy.domain_actors) == 3
     assert not hasattr(policy, "central_critic")
+
+
+def test_online_fine_tuning_starts_from_a_pre_trained_run(tmp_path, capsys):
+    train(TINY, tmp_path / "pre", progress=False)
+    pre, _ = load_policy(tmp_path / "pre")
+    cfg = replace(TINY, source="online", episodes=1, episodes_per_update=1, lr=1e-12, init_from=str(tmp_path / "pre"))
+    train(cfg, tmp_path / "fine", progress=False)
+    fine, _ = load_policy(tmp_path / "fine")
+    a, b = pre.state_dict(), fine.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "actor" in k)  # lr ~0: weights kept
+    assert main(["train", "--init-from", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "needs checkpoint.pt and config.json" in capsys.readouterr().err
