@@ -61,3 +61,89 @@ def worker(rank: int, port: int, host: str, model_dir: str, prompt: list[int], r
         group.close()
     except Exception:
         results.put((rank, "crash", traceback.format_exc()))
+
+
+def engine_worker(rank: int, port: int, host: str, model_dir: str, reqs: list, ctrl_in, ctrl_out, results) -> None:
+    """One side of a disaggregated deployment in its own process: rank 0 a prefill-only engine, rank 1 a
+    decode engine (8-token blocks). Control records travel over queues; KV over XCCL."""
+    import queue
+    import time
+
+    from xdeepserve.engine.config import EngineConfig
+    from xdeepserve.engine.core import EngineCore
+    from xdeepserve.engine.request import SamplingParams
+    from xdeepserve.pd.kv_transfer import KVSender, XcclPull
+
+    try:
+        group = XcclGroup.init(rank, 2, store_addr=("127.0.0.1", port), host_id=host, config=XcclConfig(timeout_s=10))
+        if rank == 0:
+            core = EngineCore(EngineConfig(model=model_dir, max_model_len=256, max_num_seqs=16, num_kv_blocks=120,
+                                           prefill_only=True, max_num_batched_tokens=256))
+            geometry = KVGeometry.of(core.runner.kv_caches)
+            dtype = dtype_name(core.runner.kv_caches[0][0].dtype)
+            sender = KVSender(group)
+            for rid, prompt, sp in reqs:
+                core.add_request(rid, prompt, SamplingParams.from_wire(sp))
+            prompts = {rid: (prompt, sp) for rid, prompt, sp in reqs}
+            event, stop = 1000, False
+            while not stop:
+                for o in core.step():
+                    if o.kv_ready_tokens:
+                        event += 1
+                        task = TransferTask(o.request_id, 0, event, o.kv_ready_tokens, dtype, geometry)
+                        prompt, sp = prompts[o.request_id]
+                        ctrl_out.put(("task", task.to_wire(), prompt, list(o.new_token_ids), sp))
+                    elif o.finished:
+                        ctrl_out.put(("finished", o.request_id, list(o.new_token_ids)))
+                    results.put((0, "tokens", (o.request_id, list(o.new_token_ids))))
+                try:
+                    while True:
+                        msg = ctrl_in.get_nowait()
+                        if msg[0] == "pull":
+                            sender.start(msg[1], core.export_kv(msg[1]), 1, msg[2])
+                        elif msg[0] == "stop":
+                            stop = True
+                except queue.Empty:
+                    pass
+                for rid, err in sender.poll():
+                    assert err is None, err
+                    core.release_kv(rid)
+                if not core.has_work() and not sender.inflight:
+                    time.sleep(0.002)
+            results.put((0, "free", (core.kv.num_free_blocks, core.kv.num_blocks, core.stats().num_parked)))
+        else:
+            core = EngineCore(EngineConfig(model=model_dir, max_model_len=256, max_num_seqs=16, num_kv_blocks=300,
+                                           block_size=8))
+            expected, done = len(reqs), set()
+
+            def fetch_for(task):
+                def fetch(caches, block_ids, block_size, kv_tokens):
+                    ctrl_out.put(("pull", task.request_id, task.event_id))
+                    return XcclPull(group, task, caches, block_ids, block_size)
+                return fetch
+
+            while len(done) < expected:
+                try:
+                    while True:
+                        msg = ctrl_in.get_nowait()
+                        if msg[0] == "task":
+                            task = TransferTask.from_wire(msg[1])
+                            core.add_transferred_request(task.request_id, msg[2], msg[3], SamplingParams.from_wire(msg[4]),
+                                                         fetch_for(task))
+                        elif msg[0] == "finished":
+                            done.add(msg[1])
+                except queue.Empty:
+                    pass
+                for o in core.step():
+                    results.put((1, "tokens", (o.request_id, list(o.new_token_ids))))
+                    if o.finished:
+                        done.add(o.request_id)
+                if not core.has_work():
+                    time.sleep(0.002)
+            ctrl_out.put(("stop",))
+            results.put((1, "free", (core.kv.num_free_blocks, core.kv.num_blocks, 0)))
+        transport = group.transport(1 - rank)
+        group.close()
+        results.put((rank, "exit", transport))
+    except Exception:
+        results.put((rank, "crash", traceback.format_exc()))

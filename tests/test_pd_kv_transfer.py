@@ -108,3 +108,56 @@ def test_a_prefill_that_dies_is_named_within_the_deadline(tiny_checkpoint):
     kind, msg = out[1]
     assert kind == "error" and "PeerDeadError" in msg and "0" in msg, msg
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.parametrize("hosts", [("a", "a"), ("a", "b")])
+def test_two_engine_processes_pull_kv_over_xccl(tiny_checkpoint, hosts):
+    """A prefill-only engine process and a decode engine process (8-token blocks), KV pulled over XCCL
+    (shared memory, or gloo between two simulated hosts): greedy output equals the colocated engine."""
+    from xdeepserve.engine.llm import LLM
+    from xdeepserve.engine.request import SamplingParams
+
+    from .pd_workers import engine_worker
+
+    path = tiny_checkpoint("qwen3_moe")
+    rng = torch.Generator().manual_seed(5)
+    reqs = []
+    for i in range(24):
+        n = int(torch.randint(2, 80, (1,), generator=rng))
+        sp = SamplingParams(max_tokens=int(torch.randint(1, 24, (1,), generator=rng)), temperature=0.0, ignore_eos=True)
+        reqs.append((f"q{i}", torch.randint(5, 600, (n,), generator=rng).tolist(), sp.to_wire()))
+    ref = LLM(str(path), max_model_len=256).generate([p for _, p, _ in reqs], [SamplingParams.from_wire(s) for _, _, s in reqs])
+    ctx = mp.get_context("spawn")
+    results, to_prefill, to_decode = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=engine_worker, args=(0, port, hosts[0], str(path), reqs, to_prefill, to_decode, results), daemon=True),
+        ctx.Process(target=engine_worker, args=(1, port, hosts[1], str(path), reqs, to_decode, to_prefill, results), daemon=True),
+    ]
+    for p in procs:
+        p.start()
+    tokens = {rid: [] for rid, _, _ in reqs}
+    free, exits, deadline = {}, {}, time.monotonic() + 240
+    try:
+        while len(exits) < 2 and time.monotonic() < deadline:
+            try:
+                rank, kind, value = results.get(timeout=1)
+            except queue.Empty:
+                continue
+            assert kind != "crash", value
+            if kind == "tokens":
+                tokens[value[0]] += value[1]
+            elif kind == "free":
+                free[rank] = value
+            elif kind == "exit":
+                exits[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    assert len(exits) == 2, "the deployment did not finish in time"
+    assert exits[0] == ("shm" if hosts[0] == hosts[1] else "gloo")
+    assert [tokens[rid] for rid, _, _ in reqs] == [o.token_ids for o in ref]
+    for n_free, n_blocks, parked in free.values():
+        assert n_free == n_blocks and parked == 0

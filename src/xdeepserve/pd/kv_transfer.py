@@ -129,3 +129,55 @@ def dtype_name(dtype: torch.dtype) -> str:
         if d == dtype:
             return name
     raise KVLayoutError(f"unsupported KV dtype {dtype}")
+
+
+class XcclPull:
+    """Decode side of one transfer: receives the task's rows over XCCL into a staging buffer while the
+    engine keeps stepping, then scatters them into the request's blocks. Satisfies the engine's
+    ``KVFetch`` protocol (``done`` / ``result``)."""
+
+    def __init__(
+        self, group: XcclGroup, task: TransferTask, kv_caches: list[tuple[torch.Tensor, ...]], block_ids: list[int],
+        block_size: int,
+    ) -> None:
+        mine = KVGeometry.of(kv_caches)
+        mine.check(task.geometry, f"prefill rank {task.src_rank}")
+        if task.dtype not in _DTYPES:
+            raise KVLayoutError(f"unsupported KV dtype {task.dtype!r} from prefill rank {task.src_rank}")
+        self.task, self.kv_caches, self.block_ids, self.block_size = task, kv_caches, block_ids, block_size
+        self.buf = torch.empty(mine.caches, task.num_tokens, mine.heads, mine.width, dtype=_DTYPES[task.dtype])
+        self.handle = group.irecv(self.buf, task.src_rank, task.event_id)
+
+    def done(self) -> bool:
+        return self.handle.test()
+
+    def result(self) -> int:
+        n = self.handle.wait(timeout_s=0)
+        scatter_kv(self.kv_caches, self.block_ids, self.block_size, self.buf)
+        return n
+
+
+class KVSender:
+    """Prefill side: sends parked requests' KV when their decode side pulls, and reports which sends
+    finished (XCCL's send completes only once the receiver has every byte, so a finished send is the
+    decode side's acknowledgement and the blocks can be freed)."""
+
+    def __init__(self, group: XcclGroup) -> None:
+        self.group = group
+        self.inflight: dict[str, object] = {}
+
+    def start(self, request_id: str, rows: torch.Tensor, peer: int, event_id: int) -> None:
+        self.inflight[request_id] = self.group.isend(rows.contiguous(), peer, event_id)
+
+    def poll(self) -> list[tuple[str, Exception | None]]:
+        """(request id, error or None) of every send that ended since the last poll."""
+        ended = []
+        for rid, h in list(self.inflight.items()):
+            if h.test():
+                del self.inflight[rid]
+                try:
+                    h.wait(timeout_s=0)
+                    ended.append((rid, None))
+                except Exception as e:  # the decode side died or stalled: the caller frees the blocks
+                    ended.append((rid, e))
+        return ended
