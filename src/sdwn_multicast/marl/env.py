@@ -126,10 +126,9 @@ class _SnapshotView:
     def __init__(self, env: CrossDomainMulticastEnv, snapshot: LinkStateSnapshot):
         cfg, topo = env.config, env.topology
         self.graph = snapshot.to_graph()
-        self.dgraph = [self.graph.subgraph(ns) for ns in env._dnodes]
         free = np.where(snapshot.up, snapshot.free_bw_mbps, 0.0)
         scale = cfg.link_scale[:, None, None]
-        self.links, self.bw, self.adj, self.widest, self.nbrs = [], [], [], [], []
+        self.links, self.bw, self.widest, self.nbrs = [], [], [], []
         self.nbr_bw: list[list[list[tuple[int, float]]]] = []  # per domain, per local node: (neighbour, Mb/s)
         self.comp: dict[Node, int] = {}
         for d in range(topo.n_domains):
@@ -138,7 +137,6 @@ class _SnapshotView:
             adj = snapshot.domain_dense(snapshot.up.astype(float), d) > 0
             bw = np.where(adj, np.maximum(bw, 1e-6), 0.0)  # an up link with 0 free bandwidth is still a link
             self.bw.append(bw)
-            self.adj.append(adj)
             self.nbrs.append([np.flatnonzero(row) for row in adj])
             self.nbr_bw.append([[(int(j), float(bw[i, j])) for j in np.flatnonzero(row)] for i, row in enumerate(adj)])
             self.widest.append(widest_bottleneck_all_pairs(bw))
@@ -278,7 +276,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
             raise IndexError(f"snapshot_index {idx} out of range (0..{len(self.snapshots) - 1})")
         self.snapshot = self.snapshots[idx]
         self._view = self._snapshot_view(self.snapshot)
-        self.graph, self._dgraph, self._comp = self._view.graph, self._view.dgraph, self._view.comp
+        self.graph, self._comp = self._view.graph, self._view.comp
         if "source" in options or "members" in options:
             if "source" not in options or "members" not in options:
                 raise MulticastError("a fixed request needs both 'source' and 'members'")
