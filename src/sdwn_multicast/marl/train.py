@@ -16,9 +16,10 @@ is the team reward summed until its next action (or the episode end), so the fin
 every agent's last transition; GAE runs over each agent's own transitions.
 
 Snapshot sources (``TrainConfig.source``): ``"offline"`` replays recorded link-state snapshots (a dataset
-directory written by ``sdwn-mcast dataset``, or ``n_snapshots`` recorded from a seeded simulator) — the
-offline pre-training of issue 8; ``"online"`` steps a live :class:`LinkStateSimulator` ``steps_between``
-steps before each episode — online fine-tuning against the changing network.
+directory written by ``sdwn-mcast dataset``, or ``n_snapshots`` recorded from a simulator seeded with
+``seed + TRAIN_SIM_SEED_OFFSET``) — the offline pre-training of issue 8; ``"online"`` steps a live
+:class:`LinkStateSimulator` (same seeding) ``steps_between`` steps before each episode — online fine-tuning
+against the changing network. ``init_from`` starts from another run's weights (offline -> online).
 
 Outputs of :func:`train` in ``out_dir``: ``checkpoint.pt`` (state dicts), ``config.json``, ``train_log.csv``
 (one row per episode) and ``convergence.png``.
@@ -26,7 +27,8 @@ Outputs of :func:`train` in ``out_dir``: ``checkpoint.pt`` (state dicts), ``conf
 Behaviour cloning (``bc_episodes > 0``): before PPO, the actors are warm-started on an expert's moves.
 ``TrainConfig.expert``: ``"widest"`` (default) is the bandwidth-aware widest-path grafting of
 :func:`~sdwn_multicast.marl.env.widest_expert_action`; ``"composed-kmb"`` follows the composed-KMB tree
-(inter-domain plan + delay-weighted KMB inside each domain), which teaches short, low-delay trees.
+(inter-domain plan + delay-weighted KMB inside each domain); the observations summarise bandwidth, not
+delay, towards the segment, so its clone stays well above that expert's cost (docs/sdwn_multicast.md).
 """
 
 from __future__ import annotations
