@@ -249,7 +249,8 @@ def cmd_train(args) -> int:
     over = {k: v for k, v in {"critic": args.critic, "source": args.source, "episodes": args.episodes,
                               "bc_episodes": args.bc_episodes, "dataset_dir": args.dataset,
                               "seed": args.seed, "expert": args.expert, "init_from": args.init_from,
-                              "lr": args.lr}.items() if v is not None}
+                              "lr": args.lr, "topology": args.topology, "n_domains": args.domains,
+                              "bc_epochs": args.bc_epochs}.items() if v is not None}
     try:
         cfg = replace(PRESETS[args.preset], **over)
         r = train(cfg, args.out, progress=not args.no_progress)
@@ -369,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")
     sp.add_argument("--episodes", type=positive_int)
     sp.add_argument("--bc-episodes", type=non_negative_int, help="expert episodes for a BC warm start (0: none)")
+    sp.add_argument("--bc-epochs", type=positive_int, help="behaviour-cloning passes over the expert data")
     sp.add_argument("--expert", choices=["widest", "composed-kmb"], help="behaviour-cloning teacher")
+    sp.add_argument("--topology", help="override the preset's topology (paper30, geant, waxman300, ...)")
+    sp.add_argument("--domains", type=positive_int, help="domains of a partitioned topology (not paper30/paper9)")
     sp.add_argument("--init-from", help="start from this training output (offline pre-training -> online)")
     sp.add_argument("--lr", type=_positive_float, help="PPO learning rate")
     sp.add_argument("--seed", type=int)

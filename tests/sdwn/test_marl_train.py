@@ -121,3 +121,12 @@ def test_online_fine_tuning_starts_from_a_pre_trained_run(tmp_path, capsys):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "actor" in k)  # lr ~0: weights kept
     assert main(["train", "--init-from", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "needs checkpoint.pt and config.json" in capsys.readouterr().err
+
+
+def test_cli_train_overrides_the_preset_topology_and_domain_count(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--topology", "geant", "--domains", "4", "--episodes", "2",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    policy, cfg = load_policy(tmp_path)
+    assert (cfg.topology, cfg.n_domains) == ("geant", 4) and len(policy.domain_actors) == 4
+    assert main(["train", "--preset", "tiny", "--topology", "no-such-net", "--out", str(tmp_path / "x")]) == 2
+    assert "no-such-net" in capsys.readouterr().err
