@@ -244,6 +244,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise MrctError(f"--pmr-labels {args.pmr_labels} must lie on the pMR's grid")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise MrctError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     pipeline = learned_pipeline(refine_steps=refine_steps)
     console = Console(stderr=True)
     console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {PRE_PROCEDURAL_METHOD} (pre-procedural, stand-in for the "
@@ -339,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--pmr-labels", help="optional label map (or tumour mask) on the pMR grid, drawn on the report")
     rn.add_argument("--refine-steps", type=int, default=None, help="instance-optimisation steps (default: the committed setting)")
     rn.add_argument("--threads", type=int, help=THREADS_HELP)
+    rn.add_argument("--torch-threads", type=int,
+                    help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")
     rn.add_argument("out", help="output folder")
     rn.set_defaults(func=_cmd_run)
     return parser

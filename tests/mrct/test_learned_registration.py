@@ -160,7 +160,7 @@ def test_learned_methods_are_in_the_registry_and_the_pipeline_is_chained():
     from mrct_registration.baselines import METHOD_NAMES, ChainRegistration
 
     assert {"learned", "learned-ctct", "learned-ctct-net", "learned-ctct-noinpaint"} <= set(METHOD_NAMES)
-    assert isinstance(get_method("learned-ants-pre"), ChainRegistration)
+    assert isinstance(get_method("learned"), ChainRegistration)
     assert get_method("learned-ctct-noinpaint").inpaint is None and get_method("learned-ctct-net").refine_steps == 0
 
 

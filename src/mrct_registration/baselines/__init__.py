@@ -49,12 +49,10 @@ def _learned(kind: str) -> Callable[[], Registration | ChainRegistration]:
     """The learned pipeline of Wei et al. 2019 and its CT-CT stage, with the committed weights."""
 
     def make() -> Registration | ChainRegistration:
-        from ..learned.pipeline import learned_ctct, learned_pipeline, synthesis_pre_stage
+        from ..learned.pipeline import learned_ctct, learned_pipeline
 
-        if kind in PIPELINES:
-            return learned_pipeline(pre=PIPELINES[kind], name=kind)
-        if kind in ("learned-synth-syncc", "learned-synth-syncc-nomi"):  # stage (b) alone: pMR -> pCT
-            return synthesis_pre_stage("no-mi" if kind.endswith("nomi") else "mi")
+        if kind == "learned":
+            return learned_pipeline()
         if kind == "learned-ctct-net":  # the network alone, no instance optimisation
             return learned_ctct(refine_steps=0, name=kind)
         if kind == "learned-ctct-noinpaint":  # the ablation without inpainting
@@ -66,12 +64,10 @@ def _learned(kind: str) -> Callable[[], Registration | ChainRegistration]:
 
 _FACTORIES.update({"ants-rigid": _ants("rigid"), "ants-syn-mi": _ants("syn-mi"), "ants-syncc": _ants("syn-cc"),
                    "elastix-bspline-mi": _elastix, "ants-two-stage": _two_stage})
-# learned pMR -> iCT chains and the pre-procedural stage each uses (see learned/pipeline.py)
-PIPELINES = {"learned": "synthesis-mi", "learned-nomi": "synthesis-no-mi", "learned-ants-pre": "ants-syn-mi"}
-# the learned-ctct* methods register pCT -> iCT only; learned-synth-syncc* register pMR -> pCT only
-_FACTORIES.update({name: _learned(name) for name in (*PIPELINES, "learned-ctct", "learned-ctct-net",
-                                                     "learned-ctct-noinpaint", "learned-synth-syncc",
-                                                     "learned-synth-syncc-nomi")})
+# "learned" is the pMR -> iCT chain (pre-procedural stage: learned/pipeline.py); the learned-ctct* methods
+# register pCT -> iCT only
+_FACTORIES.update({name: _learned(name) for name in ("learned", "learned-ctct", "learned-ctct-net",
+                                                     "learned-ctct-noinpaint")})
 METHOD_NAMES = tuple(_FACTORIES)
 
 
