@@ -93,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     labels, counts = expert_counts(args.model, args.n_per_task)
     total = sum(counts.values())
-    print(f"{'router':<16} {'slots':>7} {'hottest/mean':>13} {'coldest/mean':>13}  per-task hottest expert")
+    print(f"{'router':<16} {'slots':>7} {'hottest/mean':>13} {'coldest/mean':>13} {'within one task':>16}"
+          "  per-task hottest expert")
     for r, label in enumerate(labels):
         mean = total[r].mean()
         hottest = " ".join(f"{t}:{int(counts[t][r].argmax())}" for t in TASKS)
+        per_task = max(counts[t][r].max() / counts[t][r].mean() for t in TASKS)  # the skew one workload sees
         print(f"{label:<16} {int(total[r].sum()):>7} "
-              f"{total[r].max() / mean:>13.2f} {total[r].min() / mean:>13.2f}  {hottest}")
+              f"{total[r].max() / mean:>13.2f} {total[r].min() / mean:>13.2f} {per_task:>16.2f}  {hottest}")
     plot(labels, counts, args.out)
     print(f"wrote {args.out}")
     print(f"hottest expert / mean load (max over layers): {max(total[r].max() / total[r].mean() for r in range(len(labels))):.2f}")
