@@ -4,27 +4,27 @@
     xds serve [--model DIR] [--host H] [--port P]           OpenAI-compatible server
     xds generate [--model DIR] --prompt TEXT ...            offline generation
     xds bench --base-url URL ...                            online load generator
+    xds train-demo [--out DIR] [--seed N]                   retrain the built-in demo model
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from .model.builder import ARCHITECTURES, make_model
 
-DEMO_ARCH = "qwen3_moe"
+DEMO_MODEL = Path(__file__).parent / "demo_model"
 
 
 def demo_model_dir() -> Path:
-    """The built-in demo checkpoint, created on first use."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xdeepserve" / f"demo-{DEMO_ARCH}"
-    if not (cache / "config.json").is_file():
-        print(f"creating the demo checkpoint in {cache} …", file=sys.stderr)
-        make_model(DEMO_ARCH, cache, seed=0)
-    return cache
+    """The built-in demo checkpoint: a small trained DeepSeek-V3-architecture model with an MTP module,
+    shipped in the package (``xds train-demo`` reproduces it)."""
+    if not (DEMO_MODEL / "config.json").is_file():
+        raise SystemExit(f"the demo checkpoint is missing from {DEMO_MODEL}: reinstall the package, "
+                         f"rebuild it with `xds train-demo`, or pass --model DIR")
+    return DEMO_MODEL
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +103,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    from .train_demo import main as train_demo_main
+
+    return train_demo_main(args.rest) or 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.client import bench_main
 
@@ -146,10 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - bench client not installed
         pass
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train-demo", help="train the built-in demo model (xds train-demo --help)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-demo"]:  # every option belongs to the trainer's own parser
+        return cmd_train_demo(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

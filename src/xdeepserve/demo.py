@@ -1,13 +1,15 @@
-"""``make demo``: start the server, chat with it through the official ``openai`` client, show metrics.
+"""``make demo``: start the server, ask the demo model checkable questions through the official ``openai``
+client (streaming, concurrently), check the answers, show metrics, shut down.
 
-The built-in demo checkpoint is a tiny random-weight Qwen3-MoE (created on first use), so its answers
-are gibberish by design: the demo shows the serving path — streaming, concurrency, metrics, clean
-shutdown — not model quality.
+The built-in demo checkpoint is a small DeepSeek-V3-architecture model (MLA, MoE with a shared expert,
+an MTP module) trained on arithmetic and string tasks (:mod:`xdeepserve.train_demo`), so its answers can
+be checked; greedy requests are served with MTP speculative decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 
@@ -18,13 +20,14 @@ from rich.table import Table
 
 from .api.launch import ServerProcess
 from .cli import demo_model_dir
+from .train_demo import TASKS, heldout_questions
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Add 17 and 25.",
-    "Tell me a story about a robot who learns to paint.",
-    "Reverse the word hello.",
-]
+
+def _questions(seed: int = 0) -> list[tuple[str, str]]:
+    """Two held-out questions per task (never seen in training), with their exact answers."""
+    rng = random.Random(seed)
+    by_task = heldout_questions(50)
+    return [(ex.question, ex.answer) for task in TASKS for ex in rng.sample(by_task[task], 2)]
 
 
 async def _chat(client: AsyncOpenAI, model: str, question: str) -> tuple[str, float, int]:
@@ -32,7 +35,7 @@ async def _chat(client: AsyncOpenAI, model: str, question: str) -> tuple[str, fl
     first = None
     parts: list[str] = []
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], max_tokens=32, temperature=0.7, seed=0,
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=32, temperature=0.0,
         stream=True, stream_options={"include_usage": True},
     )
     tokens = 0
@@ -52,27 +55,34 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-async def _run(base_url: str, console: Console) -> None:
+async def _run(base_url: str, console: Console) -> int:
     client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="not-needed")
     model = (await client.models.list()).data[0].id
-    console.print(f"serving [bold]{model}[/bold] at {base_url}; {len(QUESTIONS)} concurrent streaming chats\n")
-    results = await asyncio.gather(*[_chat(client, model, q) for q in QUESTIONS])
-    table = Table(title="answers (random weights: gibberish is expected)")
-    for col in ("question", "answer", "TTFT ms", "tokens"):
+    questions = _questions()
+    console.print(f"serving [bold]{model}[/bold] at {base_url}; {len(questions)} concurrent streaming chats\n")
+    results = await asyncio.gather(*[_chat(client, model, q) for q, _ in questions])
+    table = Table(title="answers (held-out questions, greedy)")
+    for col in ("question", "answer", "expected", "ok", "TTFT ms", "tokens"):
         table.add_column(col)
-    for q, (text, ttft, n) in zip(QUESTIONS, results):
-        table.add_row(q, repr(text[:60]), f"{ttft * 1e3:.0f}", str(n))
+    correct = 0
+    for (q, expected), (text, ttft, n) in zip(questions, results):
+        ok = text.strip() == expected
+        correct += ok
+        table.add_row(q, text.strip(), expected, "✓" if ok else "✗", f"{ttft * 1e3:.0f}", str(n))
     console.print(table)
+    console.print(f"{correct}/{len(questions)} correct\n")
     metrics = httpx.get(f"{base_url}/metrics", timeout=5).text
     summary = Table(title="/metrics summary")
     summary.add_column("metric")
     summary.add_column("value")
     for name in ("xds_prompt_tokens_total", "xds_generation_tokens_total", "xds_time_to_first_token_seconds_sum",
-                 "xds_time_to_first_token_seconds_count", "xds_num_requests_running", "xds_kv_cache_usage_ratio"):
+                 "xds_time_to_first_token_seconds_count", "xds_num_requests_running", "xds_kv_cache_usage_ratio",
+                 "xds_spec_draft_tokens_total", "xds_spec_accepted_tokens_total"):
         value = _metric(metrics, name)
         summary.add_row(name, "-" if value is None else f"{value:g}")
     console.print(summary)
     await client.close()
+    return correct
 
 
 def main() -> int:
