@@ -104,7 +104,7 @@ def test_engine_greedy_answers_equal_hf_greedy_and_are_correct():
     for row, ((p, g), ex) in enumerate(zip(seqs, QUESTIONS)):
         assert greedy[row, len(p) - 1 : len(p) + len(g) - 1].tolist() == g, ex.question
     wrong = [(ex.question, out.text) for ex, out in zip(QUESTIONS, outs) if out.text.strip() != ex.answer]
-    assert len(wrong) <= 2, wrong  # held-out accuracy is 0.88-1.00 per task (docs/demo_model.md)
+    assert len(wrong) <= 2, wrong  # held-out accuracy is 0.875-1.00 per task (docs/demo_model.md)
 
 
 @needs_demo

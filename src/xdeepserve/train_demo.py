@@ -8,8 +8,8 @@ model of DeepSeek-V3's architecture on five tasks whose answers are checked exac
     python -m xdeepserve.train_demo --out DIR --preset committed  # the committed checkpoint's recipe
 
 The committed ``src/xdeepserve/demo_model`` came from :data:`COMMITTED_RECIPE`: the one-run default
-followed by one continuation (``--init-from``) at half the learning rate, 8,000 steps of batch 64 in all
-(78 min on one core of a shared 2-core machine; see ``docs/demo_model.md``).
+followed by two continuations (``--init-from``) at lower learning rates, 10,400 steps of batch 64 in all
+(about 94 min on one core of a shared 2-core machine; see ``docs/demo_model.md``).
 
 Architecture: transformers' ``DeepseekV3ForCausalLM`` (MLA attention, layer 0 dense because
 ``first_k_dense_replace=1``, later layers MoE with 8 sigmoid-routed experts, group-limited top-2, one
@@ -662,7 +662,7 @@ def parse_args(argv: list[str] | None) -> tuple[Args, str | None]:
     p.add_argument("--tiny", action="store_true", help="tiny dimensions, for tests")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--preset", choices=["committed"], default=None,
-                   help="committed: the two-run recipe of src/xdeepserve/demo_model (overrides seed/steps/lr)")
+                   help="committed: the three-run recipe of src/xdeepserve/demo_model (overrides seed/steps/lr)")
     ns = p.parse_args(argv)
     return Args(out=ns.out, seed=ns.seed, steps=ns.steps, batch_size=ns.batch_size, lr=ns.lr,
                 warmup_steps=ns.warmup_steps, init_from=ns.init_from,
@@ -671,11 +671,12 @@ def parse_args(argv: list[str] | None) -> tuple[Args, str | None]:
                 size=TINY if ns.tiny else ModelSize(), progress=not ns.no_progress), ns.preset
 
 
-# How the committed checkpoint was trained: two runs, the second continuing from the first with a fresh
-# warm-up and cosine schedule, half the peak learning rate and its own data seed (8,000 steps in all).
+# How the committed checkpoint was trained: three runs, each continuing from the one before with a fresh
+# warm-up and cosine schedule, a lower peak learning rate and its own data seed (10,400 steps in all).
 COMMITTED_RECIPE = (
     {"seed": 0, "steps": 5000, "lr": 2e-3, "warmup_steps": 200},
     {"seed": 1, "steps": 3000, "lr": 1e-3, "warmup_steps": 50},
+    {"seed": 2, "steps": 2400, "lr": 3e-4, "warmup_steps": 20},
 )
 
 
