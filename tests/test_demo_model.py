@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 
@@ -29,9 +28,6 @@ from xdeepserve.train_demo import (
 DEMO = DEFAULT_OUT
 # the first four held-out questions of every task: never seen in training
 QUESTIONS = [ex for task in TASKS for ex in heldout_questions(4)[task]]
-
-needs_demo = pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="demo checkpoint not built")
-
 
 def _keys(path: Path) -> dict[str, tuple[int, ...]]:
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
@@ -63,7 +59,6 @@ def _assert_mtp_layout(path: Path) -> None:
         assert torch.equal(f.get_tensor(f"model.layers.{n}.shared_head.head.weight"), f.get_tensor("lm_head.weight"))
 
 
-@needs_demo
 def test_chat_template_renders_exactly_the_training_prompt():
     from transformers import AutoTokenizer
 
@@ -76,13 +71,11 @@ def test_chat_template_renders_exactly_the_training_prompt():
     assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
 
 
-@needs_demo
 def test_checkpoint_is_small_and_has_one_mtp_module_in_deepseek_layout():
     assert (DEMO / "model.safetensors").stat().st_size <= 10 * 2**20
     _assert_mtp_layout(DEMO)
 
 
-@needs_demo
 def test_engine_greedy_answers_equal_hf_greedy_and_are_correct():
     from xdeepserve.engine.llm import LLM
     from xdeepserve.engine.request import SamplingParams
@@ -107,7 +100,6 @@ def test_engine_greedy_answers_equal_hf_greedy_and_are_correct():
     assert len(wrong) <= 2, wrong  # held-out accuracy is 0.875-1.00 per task (docs/demo_model.md)
 
 
-@needs_demo
 def test_our_loader_reads_the_checkpoint_and_its_mtp_config():
     from xdeepserve.model.loader import load_model
 
@@ -116,7 +108,6 @@ def test_our_loader_reads_the_checkpoint_and_its_mtp_config():
     assert bundle.generation.eos_token_ids == (bundle.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
 
 
-@needs_demo
 def test_mtp_reference_is_causal_and_drafts_the_token_after_next():
     model = _hf(DEMO)
     mtp = load_mtp_reference(model, DEMO)
@@ -159,3 +150,11 @@ def test_tiny_training_run_writes_a_loadable_checkpoint_with_mtp(tmp_path):
     from xdeepserve.model.loader import load_model
 
     assert load_model(out).config.num_mtp_layers == 1
+
+
+def test_the_demo_checkpoint_ships_with_the_package():
+    # it is the default model of `xds serve` and `make demo`: its absence must fail, not skip
+    from xdeepserve.cli import demo_model_dir
+
+    assert demo_model_dir() == DEMO
+    assert (DEMO / "model.safetensors").is_file() and (DEMO / "tokenizer.json").is_file()
