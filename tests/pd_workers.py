@@ -13,14 +13,18 @@ from xdeepserve.pd.kv_transfer import KVGeometry, TransferTask, dtype_name, recv
 from xdeepserve.xccl import XcclConfig, XcclGroup
 
 
-def run_model(bundle, caches, ids: torch.Tensor, start: int, block_ids: list[int], block_size: int) -> torch.Tensor:
-    """Logits of ``ids`` at positions ``start ..`` over the paged caches (keys before ``start`` cached)."""
-    n = len(ids)
+def sequence_meta(start: int, n: int, block_ids: list[int], block_size: int) -> AttentionMetadata:
+    """Metadata for one sequence computing positions ``start .. start + n`` (earlier keys cached)."""
     table = torch.tensor(block_ids)[None]
     pos = torch.arange(start, start + n)
     slots = table[0, pos // block_size] * block_size + pos % block_size
     group = build_group([0], [n], [start + n], table, block_size, torch.device("cpu"))
-    meta = AttentionMetadata(positions=pos, slot_mapping=slots, groups=[group], num_tokens=n)
+    return AttentionMetadata(positions=pos, slot_mapping=slots, groups=[group], num_tokens=n)
+
+
+def run_model(bundle, caches, ids: torch.Tensor, start: int, block_ids: list[int], block_size: int) -> torch.Tensor:
+    """Logits of ``ids`` at positions ``start ..`` over the paged caches (keys before ``start`` cached)."""
+    meta = sequence_meta(start, len(ids), block_ids, block_size)
     with torch.no_grad():
         return bundle.model.compute_logits(bundle.model(ids, meta, caches))
 

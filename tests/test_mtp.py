@@ -11,9 +11,10 @@ from safetensors import safe_open
 
 from xdeepserve.engine.llm import LLM
 from xdeepserve.engine.request import SamplingParams
-from xdeepserve.model.attention import AttentionMetadata, build_group
 from xdeepserve.model.builder import hf_classes, make_model
 from xdeepserve.model.loader import CheckpointError, load_model
+
+from .pd_workers import sequence_meta
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,8 @@ def test_mtp_logits_match_a_reference_built_from_hf_layers(mtp_checkpoint):
     heads, width = cfg_ours.kv_cache_shape
     bs, t = 8, len(ids) - 1
     caches = [(torch.zeros(64, heads, width),) for _ in range(cfg_ours.num_layers + 1)]
-    table = torch.randperm(8, generator=torch.Generator().manual_seed(0))[None]
-    pos = torch.arange(len(ids))
-    meta = AttentionMetadata(pos, table[0, pos // bs] * bs + pos % bs, [build_group([0], [len(ids)], [len(ids)], table, bs, torch.device("cpu"))], len(ids))
-    mpos = pos[:t]
-    mmeta = AttentionMetadata(mpos, table[0, mpos // bs] * bs + mpos % bs, [build_group([0], [t], [t], table, bs, torch.device("cpu"))], t)
+    blocks = torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
+    meta, mmeta = sequence_meta(0, len(ids), blocks, bs), sequence_meta(0, t, blocks, bs)
     with torch.no_grad():
         hidden = model(ids, meta, caches)
         ours = model.mtp.compute_logits(model.mtp(ids[1:], hidden[:t], mmeta, caches[-1]))

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from xdeepserve.api.launch import free_port
-from xdeepserve.model.attention import AttentionMetadata, build_group
 from xdeepserve.model.loader import load_model
 from xdeepserve.pd.kv_transfer import KVGeometry, KVLayoutError, gather_kv, scatter_kv
 
-from .pd_workers import caches_for, worker
+from .pd_workers import caches_for, run_model, worker
 
 
 def test_rows_survive_a_change_of_block_size_and_dtype():
@@ -76,12 +75,7 @@ def test_decode_continues_from_transferred_kv_exactly(tiny_checkpoint, arch, hos
     assert kind == "logits"
     bundle = load_model(path, with_tokenizer=False, max_positions=256)
     caches = caches_for(bundle, 4, 16, torch.float32)
-    table = torch.tensor([[0, 1, 2, 3]])
-    pos = torch.arange(len(prompt))
-    meta = AttentionMetadata(pos, table[0, pos // 16] * 16 + pos % 16,
-                             [build_group([0], [len(prompt)], [len(prompt)], table, 16, torch.device("cpu"))], len(prompt))
-    with torch.no_grad():
-        ref = bundle.model.compute_logits(bundle.model(torch.tensor(prompt), meta, caches))[-1]
+    ref = run_model(bundle, caches, torch.tensor(prompt), 0, [0, 1, 2, 3], 16)[-1]
     torch.testing.assert_close(torch.tensor(logits), ref, atol=1e-5, rtol=1e-5)
     geometry = KVGeometry.of(caches)
     assert nbytes == geometry.caches * (len(prompt) - 1) * geometry.heads * geometry.width * 4

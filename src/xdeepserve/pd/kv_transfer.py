@@ -114,14 +114,7 @@ def recv_kv(
     """Decode side: receive the task's rows from its prefill rank into this side's blocks. Returns the
     bytes received. Raises :class:`KVLayoutError` before any transfer when the models differ, and XCCL's
     errors (naming the prefill rank) when it dies or stalls past the deadline."""
-    mine = KVGeometry.of(kv_caches)
-    mine.check(task.geometry, f"prefill rank {task.src_rank}")
-    if task.dtype not in _DTYPES:
-        raise KVLayoutError(f"unsupported KV dtype {task.dtype!r} from prefill rank {task.src_rank}")
-    buf = torch.empty(mine.caches, task.num_tokens, mine.heads, mine.width, dtype=_DTYPES[task.dtype])
-    n = group.recv(buf, task.src_rank, task.event_id)
-    scatter_kv(kv_caches, block_ids, block_size, buf)
-    return n
+    return XcclPull(group, task, kv_caches, block_ids, block_size).result()
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -152,7 +145,9 @@ class XcclPull:
         return self.handle.test()
 
     def result(self) -> int:
-        n = self.handle.wait(timeout_s=0)
+        """Bytes received, once the rows are in the blocks (waits for the receive; XCCL bounds that
+        wait by its deadline and names the prefill rank if it dies)."""
+        n = self.handle.wait()
         scatter_kv(self.kv_caches, self.block_ids, self.block_size, self.buf)
         return n
 
