@@ -19,7 +19,6 @@ the ``ci`` preset are committed at :data:`COMMITTED_WEIGHTS`.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ..errors import MrctError
@@ -37,6 +36,7 @@ from ..phantom.seeds import TRAIN_SEEDS, VALIDATION_SEEDS
 from .inpaint_masks import synthetic_probe_mask
 from .losses import hole_l1, inpainting_loss
 from .partial_conv import HU_SCALE, PartialConvUNet2d, normalise_hu
+from .run_files import write_run_files
 
 WEIGHTS_NAME = "inpainting_unet.safetensors"
 CONFIG_NAME = "inpainting_unet.json"
@@ -96,9 +96,6 @@ class InpaintTrainConfig:
     def phantom(self) -> PhantomConfig:
         # no probe: training slices come from the artifact-free pCT, and the needle is not needed for it
         return getattr(PhantomConfig, self.phantom_size)().with_(with_probe=False)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict) -> InpaintTrainConfig:
@@ -233,17 +230,10 @@ def train_inpainting(config: InpaintTrainConfig, out_dir: Path | str, progress: 
     seconds = time.perf_counter() - start
     figures = {"initial_val_hole_l1_hu": initial, "best_val_hole_l1_hu": best, "best_step": best_step,
                "seconds": seconds}
-    weights_path = out_dir / WEIGHTS_NAME
-    save_file(best_state, str(weights_path), metadata={"config": config.to_json(), "figures": json.dumps(figures)})
-    config_path = out_dir / CONFIG_NAME
-    config_path.write_text(json.dumps({"config": asdict(config), "figures": figures}, indent=2) + "\n")
-    log_path = out_dir / LOG_NAME
-    with log_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    curve_path = out_dir / CURVE_NAME
-    _plot_loss_curve(rows, curve_path)
+    weights_path, config_path, log_path, curve_path = write_run_files(
+        out_dir, weights_name=WEIGHTS_NAME, config_name=CONFIG_NAME, state=best_state, config=asdict(config),
+        figures=figures, rows=rows, log_name=LOG_NAME, curve_name=CURVE_NAME, plot=_plot_loss_curve,
+    )
     net.load_state_dict(best_state)
     return InpaintTrainResult(net.eval(), weights_path, config_path, log_path, curve_path, initial, best, best_step,
                               seconds)

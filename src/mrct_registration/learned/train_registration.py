@@ -20,7 +20,6 @@ phantom knows where every landmark went, and this picks the kept state. Held-out
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ..errors import MrctError
@@ -39,6 +38,7 @@ from ..transforms import DisplacementField
 from .ctct_registration import NetworkGeometry, ct_to_tensor, inpaint_probe, working_grid
 from .inpainting import network_inpainter
 from .registration_net import DiffeomorphicRegistrationNet, gradient_smoothness_loss, local_ncc_loss
+from .run_files import write_run_files
 from .train_inpainting import COMMITTED_WEIGHTS as INPAINTING_WEIGHTS
 from .train_inpainting import load_inpainter
 
@@ -111,9 +111,6 @@ class RegistrationTrainConfig:
     def network(self) -> DiffeomorphicRegistrationNet:
         return DiffeomorphicRegistrationNet(int_steps=self.int_steps, encoder_channels=self.encoder_channels,
                                             decoder_channels=self.decoder_channels)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict) -> RegistrationTrainConfig:
@@ -262,17 +259,10 @@ def train_registration(config: RegistrationTrainConfig, out_dir: Path | str, pro
 
     seconds = time.perf_counter() - start
     figures = {"initial_val_tre_mm": initial, "best_val_tre_mm": best, "best_step": best_step, "seconds": seconds}
-    weights_path = out_dir / WEIGHTS_NAME
-    save_file(best_state, str(weights_path), metadata={"config": config.to_json(), "figures": json.dumps(figures)})
-    config_path = out_dir / CONFIG_NAME
-    config_path.write_text(json.dumps({"config": asdict(config), "figures": figures}, indent=2) + "\n")
-    log_path = out_dir / LOG_NAME
-    with log_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    curve_path = out_dir / CURVE_NAME
-    _plot_curve(rows, curve_path)
+    weights_path, config_path, log_path, curve_path = write_run_files(
+        out_dir, weights_name=WEIGHTS_NAME, config_name=CONFIG_NAME, state=best_state, config=asdict(config),
+        figures=figures, rows=rows, log_name=LOG_NAME, curve_name=CURVE_NAME, plot=_plot_curve,
+    )
     net.load_state_dict(best_state)
     return RegistrationTrainResult(net.eval(), weights_path, config_path, log_path, curve_path, initial, best,
                                    best_step, seconds)

@@ -17,7 +17,6 @@ ANTs SyN with CC); since the sCT lies on the pMR's grid, that field is pMR -> pC
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ..baselines.base import Registration, RegistrationResult, StageTimer, check_pair
@@ -38,6 +37,7 @@ from ..phantom.ct import render_ct
 from ..phantom.seeds import TRAIN_SEEDS, VALIDATION_SEEDS
 from ..transforms import sample_image
 from .ctct_registration import working_grid
+from .run_files import write_run_files
 from .synthesis import (
     PatchDiscriminator,
     SliceTranslator,
@@ -238,14 +238,10 @@ def train_synthesis(config: SynthesisTrainConfig, out_dir: Path | str, progress:
 
     seconds = time.perf_counter() - start
     figures = {"best_val_sct_mae_hu": best, "best_step": best_step, "seconds": seconds}
-    weights_path = out_dir / WEIGHTS_NAME
-    save_file(best_state, str(weights_path), metadata={"config": json.dumps(asdict(config)),
-                                                       "figures": json.dumps(figures)})
-    (out_dir / "synthesis.json").write_text(json.dumps({"config": asdict(config), "figures": figures}, indent=2) + "\n")
-    with (out_dir / "train_log.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    weights_path, _, _, _ = write_run_files(
+        out_dir, weights_name=WEIGHTS_NAME, config_name="synthesis.json", state=best_state, config=asdict(config),
+        figures=figures, rows=rows,
+    )
     g_mc, g_cm = load_synthesis(weights_path)[:2]
     return SynthesisTrainResult(g_mc, g_cm, weights_path, best, best_step, seconds)
 
