@@ -43,3 +43,20 @@ def test_stop_string_across_tokens_truncates_and_is_never_partially_streamed(tok
 def test_stop_string_can_be_included(tok):
     deltas, d = _stream(tok, "hello world please", stop=("world",), include_stop_str_in_output=True)
     assert d.stopped and "".join(deltas) == "hello world"
+
+
+@pytest.mark.parametrize("text,stop", [("héllo wörld → ok", ()), ("abc STOP def", ("STOP",)), ("日本語のテキスト", ("テ",))])
+def test_hand_over_after_any_token_streams_exactly_what_one_detokenizer_would(tok, text, stop):
+    """Disaggregated PD: the prefill side's output process detokenises the first token(s), then the
+    decode side's continues from the state it was handed (held-back bytes and stop-string window too)."""
+    ids = tok.encode(text, add_special_tokens=False)
+    prompt = tok.encode("Q:", add_special_tokens=False)
+    whole = IncrementalDetokenizer(tok, prompt, stop)
+    expected = [whole.add([t], i == len(ids) - 1) for i, t in enumerate(ids)]
+    for cut in range(1, len(ids)):
+        first = IncrementalDetokenizer(tok, prompt, stop)
+        got = [first.add([t], False) for t in ids[:cut]]
+        second = IncrementalDetokenizer.resume(tok, first.state())
+        got += [second.add([t], cut + i == len(ids) - 1) for i, t in enumerate(ids[cut:])]
+        assert got == expected, cut
+        assert second.stopped == whole.stopped

@@ -5,6 +5,7 @@
     xds generate [--model DIR] --prompt TEXT ...            offline generation
     xds bench --base-url URL ...                            online load generator
     xds train-demo [--out DIR] [--seed N]                   retrain the built-in demo model
+    xds launch deploy.yaml [--host-id H --rendezvous ADDR]  start a (disaggregated) deployment
 """
 
 from __future__ import annotations
@@ -115,6 +116,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args) or 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .pd.launch import launch_main
+    from .pd.spec import SpecError
+
+    try:
+        return launch_main(args.spec, args.host_id, args.rendezvous, args.log_dir, args.log_level)
+    except SpecError as e:
+        print(f"xds launch: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds", description="xDeepServe: disaggregated MoE serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - bench client not installed
         pass
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("launch", help="start the processes of a deployment file (PD-disaggregated or colocated)")
+    p.add_argument("spec", help="deployment YAML (see xdeepserve/pd/spec.py and examples/deploy/)")
+    p.add_argument("--host-id", default=None, help="start only this host's share of a multi-host deployment")
+    p.add_argument("--rendezvous", default=None, help="HOST:PORT of the deployment's store (default: the file's)")
+    p.add_argument("--log-dir", default=None, help="per-process logs (default: a new temporary directory)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("train-demo", help="train the built-in demo model (xds train-demo --help)",
                        add_help=False)

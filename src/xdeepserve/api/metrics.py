@@ -42,6 +42,10 @@ class EngineStatsCollector(Collector):
             return
         yield GaugeMetricFamily("xds_num_requests_waiting", "Requests queued in the scheduler", value=s.num_waiting)
         yield GaugeMetricFamily("xds_num_requests_running", "Requests in the running batch", value=s.num_running)
+        yield GaugeMetricFamily("xds_num_requests_parked", "Prefilled requests holding KV until a decode pulls it",
+                                value=s.num_parked)
+        yield GaugeMetricFamily("xds_num_requests_awaiting_kv", "Transferred requests waiting for blocks or KV",
+                                value=s.num_awaiting_kv)
         yield GaugeMetricFamily("xds_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1)",
                                 value=s.kv_cache_usage)
         # Monotonic engine totals: typed as counters, which expose the "_total" sample names.

@@ -230,6 +230,7 @@ class EngineCore:
         for first-call initialisation; counters are reset afterwards."""
         self.add_request("__warmup__", [0] * min(8, self.max_model_len - 3), SamplingParams(max_tokens=2, ignore_eos=True))
         self.run_until_done()
+        self.release_kv("__warmup__")  # a prefill-only engine parks it; nobody will pull it
         self.prompt_tokens = self.generation_tokens = self.num_steps = 0
         self.runner.spec_proposed = self.runner.spec_accepted = 0
         self.kv.prefix_hit_tokens = self.kv.prefix_query_tokens = 0

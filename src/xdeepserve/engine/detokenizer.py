@@ -83,3 +83,19 @@ class IncrementalDetokenizer:
         self.text = self.text[: i + len(s)] if self.include_stop_str_in_output else self.text[:i]
         self.stopped = True
         return True
+
+    # ---- hand-over (disaggregated prefill -> decode) ------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to continue on another process (the window from the prefix offset on)."""
+        return {"ids": self._ids[self._prefix_offset :], "read": self._read_offset - self._prefix_offset,
+                "text": self.text, "emitted": self._emitted, "stop": list(self.stop),
+                "include": self.include_stop_str_in_output, "stopped": self.stopped}
+
+    @classmethod
+    def resume(cls, tokenizer, state: dict) -> IncrementalDetokenizer:
+        """Continue from :meth:`state`: the next :meth:`add` streams exactly what this one would have."""
+        self = cls(tokenizer, [], tuple(state["stop"]), state["include"])
+        self._ids = list(state["ids"])
+        self._prefix_offset, self._read_offset = 0, state["read"]
+        self.text, self._emitted, self.stopped = state["text"], state["emitted"], state["stopped"]
+        return self

@@ -1,0 +1,103 @@
+"""A job executor: picks the prefill and decode instance of each request.
+
+Several run; a frontend sends each request to a randomly chosen live one, so none is a single point of
+failure (an executor holds no request state after forwarding). It chooses the prefill instance by
+prefix-cache hit, load and prompt length (long and short prompts kept apart), and the decode instance
+by KV pressure (:mod:`.routing`), from the instance reports the TE-shells send it. It tells every
+frontend it is alive every ``HEARTBEAT_S``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import zmq
+
+from ..engine.core_proc import unpack
+from .net import DEAD_AFTER_S, HEARTBEAT_S, Outbox, Registry, bind_inbox
+from .routing import Target, pick_decode, pick_prefill
+from .shell import error_output, merge_stats
+from .spec import DeploymentSpec
+
+
+class Executor:
+    def __init__(self, spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
+        self.spec, self.name = spec, name
+        self.registry = Registry(store_addr)
+        self.ctx = zmq.Context()
+        self.inbox, endpoint = bind_inbox(self.ctx, spec.hosts[spec.executor_host])
+        self.out = Outbox(self.ctx, self.registry)
+        self.prefill = {i.name: Target(i.name, prompts=i.prompts) for i in spec.prefill}
+        self.decode = {i.name: Target(i.name) for i in spec.decode}
+        self.frontends = [f"frontend-{i}" for i in range(spec.frontends)]
+        self.registry.publish(name, endpoint)
+
+    @staticmethod
+    def alive(targets: dict[str, Target], now: float) -> list[Target]:
+        return [t for t in targets.values() if t.seen and now - t.seen < DEAD_AFTER_S and t.load.get("alive", 0) > 0]
+
+    def handle(self, msg: list, now: float) -> None:
+        kind = msg[0]
+        if kind == "submit":  # rid, prompt, sampling, frontend
+            _, rid, prompt, sp_wire, frontend = msg
+            p = pick_prefill(self.alive(self.prefill, now), prompt, self.spec.long_prompt_tokens)
+            need = -(-(len(prompt) + sp_wire.get("max_tokens", 16)) // 16)
+            d = pick_decode(self.alive(self.decode, now), need)
+            if p is None or d is None:
+                missing = "prefill" if p is None else "decode"
+                self.out.try_send(frontend, "outputs", [error_output(
+                    rid, f"no live {missing} instance; retry the request", self.name)])
+                return
+            if not self.out.try_send(f"{p.name}/shell", "add", rid, prompt, sp_wire, frontend, d.name):
+                self.out.try_send(frontend, "outputs", [error_output(
+                    rid, f"prefill instance {p.name} is unavailable; retry the request", self.name)])
+        elif kind == "abort":  # rids: wherever they are now
+            for inst in (*self.spec.prefill, *self.spec.decode):
+                self.out.try_send(f"{inst.name}/shell", "abort", msg[1])
+        elif kind == "load":
+            _, inst, summary = msg
+            target = self.prefill.get(inst) or self.decode.get(inst)
+            if target is not None:
+                target.report(summary, now)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        parent = os.getppid()
+        last = 0.0
+        while True:
+            if poller.poll(int(HEARTBEAT_S * 1000)):
+                while True:
+                    try:
+                        data = self.inbox.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    msg = unpack(data)
+                    if msg[0] == "shutdown":
+                        return
+                    self.handle(msg, time.monotonic())
+            now = time.monotonic()
+            if now - last >= HEARTBEAT_S:
+                prefill, decode = self.alive(self.prefill, now), self.alive(self.decode, now)
+                stats = merge_stats([t.load.get("engine", {}) for t in prefill + decode])
+                for fe in self.frontends:
+                    self.out.try_send(fe, "hb", self.name, bool(prefill and decode), stats)
+                last = now
+            if os.getppid() != parent:
+                return
+
+    def close(self) -> None:
+        self.out.close()
+        self.inbox.close(linger=0)
+        self.ctx.term()
+
+
+def run_executor(spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ex = Executor(spec, name, store_addr)
+    try:
+        ex.run()
+    finally:
+        ex.close()

@@ -1,0 +1,475 @@
+"""One DP group of a disaggregated deployment: an engine-core process and its output child.
+
+A DP group is self-contained: its own scheduler, KV cache, prefix cache and statistics. Its engine core
+takes requests from its TE-shell and streams token ids to its output child, which detokenises and sends
+text deltas straight to the frontend that holds each request's client connection.
+
+Prefill group (``prefill_only`` engine)::
+
+    shell ──add──▶ core ──ids, kv_ready──▶ output child ──first token──▶ frontend
+                                              └──transfer task (+ detokeniser state)──▶ decode shell
+    decode group ──pull(rid, event)──▶ core ──KV rows over XCCL──▶ decode group; send done ⇒ blocks freed
+
+Decode group::
+
+    decode shell ──transfer──▶ core: waits for free blocks (back-pressure), asks the prefill group to
+    send, receives the rows asynchronously over XCCL into its own blocks, then decodes; its output
+    child continues the detokeniser where the prefill side stopped.
+
+Each prefill-decode pair of groups has its own two-rank XCCL group (shared memory on one host, gloo
+across hosts), formed when the decode group starts: the decode side hosts the pair's store and sends
+``connect`` to the prefill group, and both join in background threads. A prefill group keeps the KV of a
+parked request until the pull completes (a finished XCCL send means the receiver has every byte), is
+refused (``release``), or nobody pulled it for ``PARK_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import gc
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import zmq
+
+from ..api.launch import free_port
+from ..engine.config import EngineConfig
+from ..engine.core_proc import (
+    GC_EVERY_STEPS,
+    _output_from_wire,
+    _output_to_wire,
+    logprobs_to_wire,
+    pack,
+    unpack,
+)
+from ..engine.request import EngineOutput, FinishReason, InvalidRequestError, SamplingParams
+from .kv_transfer import KVGeometry, KVSender, TransferTask, XcclPull, dtype_name
+from .net import HEARTBEAT_S, Outbox, Registry, bind_inbox
+from .spec import DeploymentSpec
+
+log = logging.getLogger(__name__)
+
+PARK_TTL_S = 30.0  # a parked request nobody pulled for this long has its blocks freed
+ABORTED_TTL_S = 60.0  # how long a decode group remembers aborted ids (their transfer may still arrive)
+PAIR_TIMEOUT_S = 120.0
+KV_TIMEOUT_S = 10.0  # XCCL deadline of one KV transfer
+REJECTED = "invalid request: "
+
+
+def resolve_model(spec: DeploymentSpec) -> str:
+    if spec.model == "demo":
+        from ..cli import demo_model_dir
+
+        return str(demo_model_dir())
+    if not (Path(spec.model) / "config.json").is_file():
+        raise FileNotFoundError(f"model {spec.model!r}: no config.json there")
+    return spec.model
+
+
+def group_load(core) -> dict:
+    """What the TE-shell dispatches on: batch occupancy, KV usage counting the blocks the running requests
+    will still need for their remaining output, queued prompt tokens, parked transfers."""
+    sch, kv = core.scheduler, core.kv
+    reserved = 0
+    for req in sch.running:
+        need = kv.blocks_needed(min(req.num_prompt_tokens + req.sampling.max_tokens, core.max_model_len))
+        reserved += max(0, need - len(req.block_ids))
+    for req, _ in sch.awaiting_kv:
+        reserved += kv.blocks_needed(min(req.num_prompt_tokens + req.sampling.max_tokens, core.max_model_len))
+    waiting_tokens = sum(r.num_tokens - r.num_computed_tokens for r in sch.waiting)
+    waiting_tokens += sum(r.num_tokens - r.num_computed_tokens for r in sch.running
+                          if r.num_computed_tokens < r.num_prompt_tokens)
+    used = kv.num_blocks - kv.num_free_blocks
+    return {
+        "batch": len(sch.running) + len(sch.awaiting_kv) + len(sch.receiving),
+        "max_batch": sch.max_num_seqs,
+        "num_blocks": kv.num_blocks,
+        "used_blocks": used,
+        "reserved_blocks": reserved,
+        "waiting": len(sch.waiting),
+        "waiting_tokens": waiting_tokens,
+        "parked": len(sch.parked),
+        "stats": asdict(core.stats()),
+    }
+
+
+class GroupCore:
+    """The engine-core side of a DP group (its message handling and loop)."""
+
+    def __init__(self, spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
+        self.spec, self.name = spec, name
+        self.inst, self.index = spec.group(name)
+        self.role = self.inst.role
+        self.host_id = self.inst.host
+        self.address = spec.hosts[self.host_id]
+        self.model_dir = resolve_model(spec)
+        self.config: EngineConfig = spec.engine_config(self.inst, self.model_dir)
+        self.registry = Registry(store_addr)
+        self.store_addr = store_addr
+        self.ctx = zmq.Context()
+        self.inbox, self.endpoint = bind_inbox(self.ctx, self.address)
+        self.out = Outbox(self.ctx, self.registry)
+        self.pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="xds-pair")
+        self.pairs: dict[str, object] = {}  # peer group -> XcclGroup
+        self.pending_pairs: dict[str, concurrent.futures.Future] = {}
+        self.senders: dict[str, KVSender] = {}  # prefill: decode group -> sender
+        self.parked_since: dict[str, float] = {}
+        self.events: dict[str, int] = {}  # decode: prefill group -> last event id
+        self.aborted: dict[str, float] = {}  # decode: recently aborted ids
+        self.generation: dict[str, int] = {}
+        self.admissions = 0
+
+    # ---- start-up ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        from ..engine.core import EngineCore
+
+        self.core = EngineCore(self.config)
+        self.core.warm_up()
+        caches = self.core.runner.kv_caches
+        self.geometry, self.dtype = KVGeometry.of(caches), dtype_name(caches[0][0].dtype)
+        self.to_output = self.ctx.socket(zmq.PUSH)
+        self.to_output.setsockopt(zmq.SNDTIMEO, 2000)
+        port = self.to_output.bind_to_random_port("tcp://127.0.0.1")
+        self.child = mp.get_context("spawn").Process(
+            target=run_group_output,
+            args=(self.model_dir, self.name, self.role, self.store_addr, self.endpoint, f"tcp://127.0.0.1:{port}",
+                  self.dtype, asdict(self.geometry)),
+            name=f"xds-{self.name}-output", daemon=True,
+        )
+        self.child.start()
+        deadline = time.monotonic() + 120
+        while not (self.inbox.poll(100) and unpack(self.inbox.recv())[0] == "output_ready"):
+            if not self.child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: output process failed to start (exit code {self.child.exitcode})")
+        self.registry.publish(self.name, self.endpoint)
+        if self.role == "decode":
+            self.connect_prefill_groups()
+        self.registry.set_json("info/model", {"max_model_len": self.core.max_model_len,
+                                              "vocab_size": self.core.vocab_size,
+                                              "eos_token_ids": list(self.core.eos_token_ids)})
+        self.registry.store.set(f"ready/{self.name}", str(os.getpid()))
+        log.info("%s ready (pid %d, %d KV blocks)", self.name, os.getpid(), self.core.kv.num_blocks)
+
+    def connect_prefill_groups(self) -> None:
+        """Form one two-rank XCCL group with every prefill group (this side hosts the pair's store)."""
+        from ..xccl import XcclConfig, XcclGroup
+
+        for inst in self.spec.prefill:
+            for peer in inst.group_names:
+                if self.registry.lookup(peer, timeout_s=PAIR_TIMEOUT_S) is None:
+                    raise RuntimeError(f"{self.name}: prefill group {peer} did not register within {PAIR_TIMEOUT_S:.0f} s")
+                port = free_port(self.address)
+                self.out.send(peer, "connect", self.name, self.address, port, self.host_id)
+                self.pending_pairs[peer] = self.pool.submit(
+                    XcclGroup.init, 0, 2, store_addr=(self.address, port), host_id=self.host_id,
+                    config=XcclConfig(timeout_s=KV_TIMEOUT_S))
+        for peer, fut in self.pending_pairs.items():
+            self.pairs[peer] = fut.result(timeout=PAIR_TIMEOUT_S)
+            log.info("%s: XCCL pair with %s over %s", self.name, peer, self.pairs[peer].transport(1))
+        self.pending_pairs.clear()
+
+    # ---- messages ------------------------------------------------------------------------------------
+    def send_to_output(self, *msg) -> None:
+        try:
+            self.to_output.send(pack(*msg))
+        except zmq.Again:
+            raise RuntimeError(f"{self.name}: output process (pid {self.child.pid}) took no message for 2 s") from None
+
+    def register(self, rid: str, frontend: str, sp: SamplingParams, prompt: list[int], detok_state=None,
+                 n_out: int = 0, handoff=None) -> None:
+        self.admissions += 1
+        self.generation[rid] = self.admissions
+        self.send_to_output("register", rid, self.admissions, frontend, detok_state, prompt[-8:], list(sp.stop),
+                            sp.include_stop_str_in_output, n_out, handoff)
+
+    def reject(self, rid: str, frontend: str, error: str) -> None:
+        self.send_to_output("register", rid, 0, frontend, None, [], [], False, 0, None)
+        err = EngineOutput(rid, (), FinishReason.ERROR, error=error)
+        self.send_to_output("outputs", [_output_to_wire(err) + [0]])
+
+    def handle(self, msg: list) -> bool:
+        kind = msg[0]
+        if kind == "add":  # prefill: (rid, prompt, sampling, frontend, decode instance)
+            _, rid, prompt, sp_wire, frontend, decode = msg
+            try:
+                sp = SamplingParams.from_wire(sp_wire)
+                self.core.add_request(rid, prompt, sp)
+            except (InvalidRequestError, TypeError, ValueError) as e:
+                self.reject(rid, frontend, f"{REJECTED}{e}")
+                return True
+            self.register(rid, frontend, sp, prompt, handoff=[decode, prompt, sp_wire])
+        elif kind == "transfer":  # decode: a prefilled request to continue
+            self.add_transfer(msg)
+        elif kind == "pull":  # prefill: a decode group has blocks for it and waits for the rows
+            _, rid, event, decode_group = msg
+            sender = self.senders.get(decode_group)
+            try:
+                if sender is None:
+                    raise RuntimeError(f"no XCCL pair with {decode_group}")
+                sender.start(rid, self.core.export_kv(rid), 0, event)
+            except Exception as e:  # the decode side's receive fails by its deadline and names us
+                log.warning("%s: cannot send the KV of %s to %s: %s", self.name, rid, decode_group, e)
+                self.core.release_kv(rid)
+                self.parked_since.pop(rid, None)
+        elif kind == "release":  # prefill: the decode side will not pull it
+            self.core.release_kv(msg[1])
+            self.parked_since.pop(msg[1], None)
+        elif kind == "connect":  # prefill: a decode group forms its pair with us
+            from ..xccl import XcclConfig, XcclGroup
+
+            _, peer, addr, port, peer_host = msg
+            self.pending_pairs[peer] = self.pool.submit(
+                XcclGroup.init, 1, 2, store_addr=(addr, port), host_id=self.host_id,
+                config=XcclConfig(timeout_s=KV_TIMEOUT_S))
+        elif kind == "abort":
+            now = time.monotonic()
+            for rid in msg[1]:
+                if self.role == "decode":
+                    self.aborted[rid] = now
+            aborted = self.core.abort(msg[1])
+            for rid in aborted:
+                self.generation.pop(rid, None)
+                self.parked_since.pop(rid, None)
+            if aborted:
+                self.send_to_output("outputs", [_output_to_wire(EngineOutput(r, (), FinishReason.ABORT)) + [0]
+                                                for r in aborted])
+        elif kind == "stop":  # from the output child: a stop string ended these requests
+            ended = [r for r, g in msg[1] if self.generation.get(r) == g]
+            for r in self.core.abort(ended):
+                self.generation.pop(r, None)
+                self.parked_since.pop(r, None)
+        elif kind == "shutdown":
+            return False
+        return True
+
+    def add_transfer(self, msg: list) -> None:
+        _, rid, prompt, out_tokens, sp_wire, frontend, detok_state, src, kv_tokens, dtype, geometry = msg
+        if rid in self.aborted:  # aborted before its transfer arrived
+            self.out.try_send(src, "release", rid)
+            return
+        try:
+            sp = SamplingParams.from_wire(sp_wire)
+            if kv_tokens != len(prompt) + len(out_tokens) - 1:
+                raise InvalidRequestError(f"{kv_tokens} KV tokens for {len(prompt)} prompt and {len(out_tokens)} output tokens")
+            group = self.pairs.get(src)
+            if group is None:
+                raise InvalidRequestError(f"no XCCL pair with prefill group {src}")
+            task = TransferTask(rid, 1, 0, kv_tokens, dtype, KVGeometry(**geometry))
+
+            def fetch(caches, block_ids, block_size, n):
+                event = self.events[src] = self.events.get(src, 0) + 1
+                self.out.send(src, "pull", rid, event, self.name)
+                return XcclPull(group, TransferTask(**{**task.__dict__, "event_id": event}), caches, block_ids, block_size)
+
+            self.core.add_transferred_request(rid, prompt, out_tokens, sp, fetch)
+        except Exception as e:
+            self.out.try_send(src, "release", rid)
+            self.reject(rid, frontend, f"cannot continue the request on {self.name}: {e}")
+            return
+        self.register(rid, frontend, sp, prompt + out_tokens, detok_state=detok_state, n_out=len(out_tokens))
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def idle_timeout_ms(self) -> int:
+        sch = self.core.scheduler
+        if sch.waiting or sch.running:
+            return 0
+        if sch.awaiting_kv or sch.receiving or any(s.inflight for s in self.senders.values()) or self.pending_pairs:
+            return 2
+        return 50
+
+    def advance_pairs(self) -> None:
+        for peer, fut in list(self.pending_pairs.items()):
+            if fut.done():
+                del self.pending_pairs[peer]
+                try:
+                    group = fut.result()
+                except Exception as e:
+                    log.error("%s: XCCL pair with %s failed: %s", self.name, peer, e)
+                    continue
+                old = self.pairs.pop(peer, None)
+                if old is not None:
+                    old.close()
+                self.pairs[peer] = group
+                self.senders[peer] = KVSender(group)
+                log.info("%s: XCCL pair with %s over %s", self.name, peer, group.transport(0))
+
+    def advance_sends(self) -> None:
+        now = time.monotonic()
+        for sender in self.senders.values():
+            for rid, err in sender.poll():
+                if err is not None:
+                    log.warning("%s: KV send of %s failed: %s", self.name, rid, err)
+                self.core.release_kv(rid)
+                self.parked_since.pop(rid, None)
+        for rid, since in list(self.parked_since.items()):
+            if now - since > PARK_TTL_S and not any(rid in s.inflight for s in self.senders.values()):
+                log.warning("%s: nobody pulled %s for %.0f s; freeing its blocks", self.name, rid, PARK_TTL_S)
+                self.core.release_kv(rid)
+                del self.parked_since[rid]
+        for rid, since in list(self.aborted.items()):
+            if now - since > ABORTED_TTL_S:
+                del self.aborted[rid]
+
+    def run(self) -> None:
+        shell = self.inst.name + "/shell"
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        parent = os.getppid()
+        last_stats = 0.0
+        gc.disable()
+        running = True
+        while running:
+            timeout = self.idle_timeout_ms()
+            while poller.poll(timeout):
+                timeout = 0
+                if not self.handle(unpack(self.inbox.recv())):
+                    running = False
+                    break
+            if not running:
+                break
+            if not self.child.is_alive():
+                raise RuntimeError(f"output process (pid {self.child.pid}) died with exit code {self.child.exitcode}")
+            if self.pending_pairs:
+                self.advance_pairs()
+            changed = False
+            if self.core.has_work():
+                outs = self.core.step()
+                if outs:
+                    now = time.monotonic()
+                    for o in outs:
+                        if o.kv_ready_tokens:
+                            self.parked_since[o.request_id] = now
+                        if o.finished:
+                            self.generation.pop(o.request_id, None)
+                    self.send_to_output("outputs", [_output_to_wire(o) + [o.kv_ready_tokens] for o in outs])
+                    changed = any(o.finished or o.kv_ready_tokens for o in outs)
+                    if self.core.num_steps % GC_EVERY_STEPS == 0:
+                        gc.collect()
+            if self.senders or self.parked_since or self.aborted:
+                self.advance_sends()
+            now = time.monotonic()
+            if now - last_stats >= (0.02 if changed else HEARTBEAT_S):
+                load = group_load(self.core)
+                self.out.try_send(shell, "stats", self.name, os.getpid(), load)
+                self.registry.set_json(f"load/{self.name}", load)  # for operators and tests
+                last_stats = now
+            if os.getppid() != parent:
+                log.warning("%s: launcher gone; exiting", self.name)
+                break
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.to_output.send(pack("shutdown"), zmq.NOBLOCK)
+        self.child.join(timeout=2)
+        if self.child.is_alive():
+            self.child.terminate()
+        for group in self.pairs.values():
+            group.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.out.close()
+        self.inbox.close(linger=0)
+        self.to_output.close(linger=0)
+        self.ctx.term()
+
+
+def run_group(spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
+    """Entry point of a DP group's engine-core process."""
+    group = GroupCore(spec, name, store_addr)
+    try:
+        group.start()
+        group.run()
+    except Exception:
+        log.error("%s failed:\n%s", name, traceback.format_exc())
+        raise
+    finally:
+        group.close()
+
+
+# ---- output child ------------------------------------------------------------------------------------------
+
+
+def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str, int], core_endpoint: str,
+                     feed: str, dtype: str, geometry: dict) -> None:
+    """Detokenise the group's outputs and stream each request's deltas to its frontend; on a prefill
+    group, hand each request over to its decode instance after the first token."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..engine.detokenizer import IncrementalDetokenizer
+    from ..model.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    parent = os.getppid()
+    ctx = zmq.Context()
+    registry = Registry(store_addr)
+    out = Outbox(ctx, registry)
+    inp = ctx.socket(zmq.PULL)
+    inp.connect(feed)
+    to_core = ctx.socket(zmq.PUSH)
+    to_core.connect(core_endpoint)
+    to_core.send(pack("output_ready"))
+    states: dict[str, dict] = {}
+    try:
+        while True:
+            if not inp.poll(1000):
+                if os.getppid() != parent:
+                    return
+                continue
+            msg = unpack(inp.recv())
+            if msg[0] == "shutdown":
+                return
+            if msg[0] == "register":
+                _, rid, admission, frontend, detok_state, tail, stop, include, n_out, handoff = msg
+                detok = (IncrementalDetokenizer.resume(tokenizer, detok_state) if detok_state
+                         else IncrementalDetokenizer(tokenizer, tail, tuple(stop), include))
+                states[rid] = {"detok": detok, "count": n_out, "admission": admission, "frontend": frontend,
+                               "handoff": handoff, "ids": []}
+                continue
+            by_frontend: dict[str, list] = {}
+            stopped = []
+            for w in msg[1]:
+                out_ = _output_from_wire(w[:7])
+                kv_ready = w[7]
+                st = states.get(out_.request_id)
+                if st is None:
+                    continue
+                detok = st["detok"]
+                st["count"] += len(out_.new_token_ids)
+                st["ids"] += out_.new_token_ids
+                text = detok.add(out_.new_token_ids, out_.finished)
+                reason = out_.finish_reason
+                if detok.stopped:
+                    reason = FinishReason.STOP
+                    if not out_.finished:
+                        stopped.append([out_.request_id, st["admission"]])
+                by_frontend.setdefault(st["frontend"], []).append([
+                    out_.request_id, text, list(out_.new_token_ids), reason.value if reason else None,
+                    logprobs_to_wire(out_.logprobs), out_.num_prompt_tokens, st["count"], out_.num_cached_tokens,
+                    out_.error, name,
+                ])
+                if reason is not None:
+                    del states[out_.request_id]
+                elif kv_ready and st["handoff"]:
+                    decode, prompt, sp_wire = st["handoff"]
+                    del states[out_.request_id]
+                    ok = out.try_send(f"{decode}/shell", "transfer", out_.request_id, prompt, st["ids"], sp_wire,
+                                      st["frontend"], detok.state(), name, kv_ready, dtype, geometry)
+                    if not ok:
+                        stopped.append([out_.request_id, st["admission"]])
+                        by_frontend[st["frontend"]].append([
+                            out_.request_id, "", [], FinishReason.ERROR.value, [], out_.num_prompt_tokens,
+                            st["count"], 0, f"decode instance {decode} is unavailable", name])
+            for frontend, deltas in by_frontend.items():
+                out.try_send(frontend, "outputs", deltas)
+            if stopped:
+                to_core.send(pack("stop", stopped))
+    finally:
+        out.close()
+        inp.close(linger=0)
+        to_core.close(linger=200)
+        ctx.term()

@@ -1,0 +1,131 @@
+"""How the processes of a deployment find and reach each other.
+
+Every process binds one ZeroMQ PULL socket (its *inbox*) on its host's address at a free port and
+publishes the endpoint under its name in the deployment's torch.distributed ``TCPStore`` (the
+rendezvous, hosted by the launcher of the first host). Senders look names up there and keep one PUSH
+socket per peer, so the messages from one process to another arrive in order. Messages are msgpack
+lists ``[kind, *fields]`` (:func:`~xdeepserve.engine.core_proc.pack`).
+
+Sends never block: a peer whose queue is full (dead, or far behind) raises :class:`PeerUnavailable`
+naming it, and the caller decides (the frontend fails the request, a shell skips the group).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+
+import torch.distributed as dist
+import zmq
+
+from ..engine.core_proc import pack
+
+log = logging.getLogger(__name__)
+
+SEND_HWM = 10_000  # messages queued per peer before it counts as unavailable
+HEARTBEAT_S = 0.25  # how often processes report liveness and load
+DEAD_AFTER_S = 2.0  # a peer silent this long is treated as gone (generous: 2 shared cores)
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer is unknown to the rendezvous or does not take messages."""
+
+
+class Registry:
+    """Client of the deployment's rendezvous store: names -> endpoints, and small JSON records."""
+
+    def __init__(self, addr: tuple[str, int], timeout_s: float = 120.0) -> None:
+        self.addr = addr
+        self.store = dist.TCPStore(addr[0], addr[1], is_master=False,
+                                   timeout=datetime.timedelta(seconds=timeout_s))
+
+    def publish(self, name: str, endpoint: str) -> None:
+        self.store.set(f"addr/{name}", endpoint)
+
+    def lookup(self, name: str, timeout_s: float | None = None) -> str | None:
+        """The endpoint of ``name``; None if it is not published (waiting up to ``timeout_s`` for it)."""
+        key = f"addr/{name}"
+        deadline = time.monotonic() + (timeout_s or 0.0)
+        while True:
+            if self.store.check([key]):
+                return self.store.get(key).decode()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def set_json(self, key: str, value) -> None:
+        self.store.set(key, json.dumps(value))
+
+    def get_json(self, key: str, timeout_s: float = 0.0):
+        deadline = time.monotonic() + timeout_s
+        while not self.store.check([key]):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        return json.loads(self.store.get(key).decode())
+
+
+def bind_inbox(ctx: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
+    """A PULL socket on ``address`` at a free port, and its endpoint."""
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind(f"tcp://{address}:*")
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class Outbox:
+    """One PUSH socket per named peer, connected on first use (re-connected when the peer republishes
+    a new endpoint, i.e. was replaced)."""
+
+    def __init__(self, ctx: zmq.Context, registry: Registry) -> None:
+        self.ctx, self.registry = ctx, registry
+        self.socks: dict[str, tuple[str, zmq.Socket]] = {}
+
+    def _socket(self, name: str, refresh: bool = False) -> zmq.Socket:
+        cached = self.socks.get(name)
+        if cached is not None and not refresh:
+            return cached[1]
+        endpoint = self.registry.lookup(name)
+        if endpoint is None:
+            raise PeerUnavailable(f"{name} is not registered in the deployment")
+        if cached is not None:
+            if cached[0] == endpoint:
+                return cached[1]
+            cached[1].close(linger=0)
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.connect(endpoint)
+        self.socks[name] = (endpoint, sock)
+        return sock
+
+    def send(self, name: str, *msg) -> None:
+        self.send_raw(name, pack(*msg))
+
+    def send_raw(self, name: str, data: bytes) -> None:
+        sock = self._socket(name)
+        try:
+            sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            raise PeerUnavailable(f"{name} takes no messages (its queue of {SEND_HWM} is full)") from None
+
+    def try_send(self, name: str, *msg) -> bool:
+        """Send if possible; False (logged at debug level) when the peer is unavailable."""
+        try:
+            self.send(name, *msg)
+            return True
+        except PeerUnavailable as e:
+            log.debug("%s", e)
+            return False
+
+    def refresh(self, name: str) -> None:
+        """Look ``name`` up again (after it was replaced)."""
+        if name in self.socks:
+            self._socket(name, refresh=True)
+
+    def close(self) -> None:
+        for _, sock in self.socks.values():
+            sock.close(linger=0)
+        self.socks.clear()
