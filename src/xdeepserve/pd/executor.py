@@ -32,7 +32,9 @@ class Executor:
         self.prefill = {i.name: Target(i.name, prompts=i.prompts) for i in spec.prefill}
         self.decode = {i.name: Target(i.name) for i in spec.decode}
         self.frontends = [f"frontend-{i}" for i in range(spec.frontends)]
+        self.endpoint = endpoint
         self.registry.publish(name, endpoint)
+        self.registry.store.set(f"ready/{name}", str(os.getpid()))
 
     @staticmethod
     def alive(targets: dict[str, Target], now: float) -> list[Target]:
@@ -82,8 +84,9 @@ class Executor:
             if now - last >= HEARTBEAT_S:
                 prefill, decode = self.alive(self.prefill, now), self.alive(self.decode, now)
                 stats = merge_stats([t.load.get("engine", {}) for t in prefill + decode])
+                pids = {g: pid for t in prefill + decode for g, pid in t.load.get("pids", {}).items()}
                 for fe in self.frontends:
-                    self.out.try_send(fe, "hb", self.name, bool(prefill and decode), stats)
+                    self.out.try_send(fe, "hb", self.name, bool(prefill and decode), stats, pids, self.endpoint)
                 last = now
             if os.getppid() != parent:
                 return

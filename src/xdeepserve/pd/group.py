@@ -35,8 +35,8 @@ import signal
 import time
 import traceback
 from dataclasses import asdict
-from pathlib import Path
 
+import torch
 import zmq
 
 from ..api.launch import free_port
@@ -51,7 +51,7 @@ from ..engine.core_proc import (
 )
 from ..engine.request import EngineOutput, FinishReason, InvalidRequestError, SamplingParams
 from .kv_transfer import KVGeometry, KVSender, TransferTask, XcclPull, dtype_name
-from .net import HEARTBEAT_S, Outbox, Registry, bind_inbox
+from .net import HEARTBEAT_S, REJECTED, UNAVAILABLE, Outbox, Registry, bind_inbox
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,10 @@ PARK_TTL_S = 30.0  # a parked request nobody pulled for this long has its blocks
 ABORTED_TTL_S = 60.0  # how long a decode group remembers aborted ids (their transfer may still arrive)
 PAIR_TIMEOUT_S = 120.0
 KV_TIMEOUT_S = 10.0  # XCCL deadline of one KV transfer
-REJECTED = "invalid request: "
-
-
-def resolve_model(spec: DeploymentSpec) -> str:
-    if spec.model == "demo":
-        from ..cli import demo_model_dir
-
-        return str(demo_model_dir())
-    if not (Path(spec.model) / "config.json").is_file():
-        raise FileNotFoundError(f"model {spec.model!r}: no config.json there")
-    return spec.model
+PEER_CHECK_S = 0.25  # decode: how often the prefill peers' liveness is checked
+PEER_STALE_S = 2.0  # ... a peer on another host whose load reports stop this long counts as dead
+PROBE_AFTER_S = 1.0  # decode: a pull waiting this long triggers a link probe to its prefill group
+PROBE_TIMEOUT_S = 1.0  # ... which must come back within this
 
 
 def group_load(core) -> dict:
@@ -109,7 +102,7 @@ class GroupCore:
         self.role = self.inst.role
         self.host_id = self.inst.host
         self.address = spec.hosts[self.host_id]
-        self.model_dir = resolve_model(spec)
+        self.model_dir = spec.model_dir()
         self.config: EngineConfig = spec.engine_config(self.inst, self.model_dir)
         self.registry = Registry(store_addr)
         self.store_addr = store_addr
@@ -125,6 +118,14 @@ class GroupCore:
         self.aborted: dict[str, float] = {}  # decode: recently aborted ids
         self.generation: dict[str, int] = {}
         self.admissions = 0
+        self.source: dict[str, str] = {}  # decode: request -> the prefill group holding its KV
+        self.peer_pid: dict[str, int] = {}  # decode: prefill group -> pid of the incarnation we paired with
+        self.peer_seen: dict[str, tuple[int, float]] = {}  # ... (report seq, when it last changed)
+        self.pull_started: dict[str, float] = {}  # decode: request -> when its pull was asked for
+        self.probes: dict[str, tuple[object, float]] = {}  # decode: prefill group -> (probe handle, sent at)
+        self.link_state: dict[str, str] = {}  # decode: prefill group -> "ok" / "saturated" / "broken"
+        self.last_peer_check = 0.0
+        self.seq = 0
 
     # ---- start-up ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,21 +160,30 @@ class GroupCore:
 
     def connect_prefill_groups(self) -> None:
         """Form one two-rank XCCL group with every prefill group (this side hosts the pair's store)."""
-        from ..xccl import XcclConfig, XcclGroup
 
+        deadline = time.monotonic() + PAIR_TIMEOUT_S
         for inst in self.spec.prefill:
             for peer in inst.group_names:
-                if self.registry.lookup(peer, timeout_s=PAIR_TIMEOUT_S) is None:
-                    raise RuntimeError(f"{self.name}: prefill group {peer} did not register within {PAIR_TIMEOUT_S:.0f} s")
-                port = free_port(self.address)
-                self.out.send(peer, "connect", self.name, self.address, port, self.host_id)
-                self.pending_pairs[peer] = self.pool.submit(
-                    XcclGroup.init, 0, 2, store_addr=(self.address, port), host_id=self.host_id,
-                    config=XcclConfig(timeout_s=KV_TIMEOUT_S))
-        for peer, fut in self.pending_pairs.items():
-            self.pairs[peer] = fut.result(timeout=PAIR_TIMEOUT_S)
-            log.info("%s: XCCL pair with %s over %s", self.name, peer, self.pairs[peer].transport(1))
-        self.pending_pairs.clear()
+                while not self.registry.store.check([f"ready/{peer}"]):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.name}: prefill group {peer} not ready within {PAIR_TIMEOUT_S:.0f} s")
+                    time.sleep(0.1)
+                self.pair_with(peer)
+        for fut in list(self.pending_pairs.values()):
+            fut.result(timeout=PAIR_TIMEOUT_S)
+        self.advance_pairs()
+
+    def pair_with(self, peer: str) -> None:
+        """Decode side: (re)form the XCCL pair with the current incarnation of prefill group ``peer``."""
+        from ..xccl import XcclConfig, XcclGroup
+
+        self.peer_pid[peer] = int(self.registry.store.get(f"ready/{peer}"))
+        self.out.refresh(peer)
+        port = free_port(self.address)
+        self.out.send(peer, "connect", self.name, self.address, port, self.host_id)
+        self.pending_pairs[peer] = self.pool.submit(
+            XcclGroup.init, 0, 2, store_addr=(self.address, port), host_id=self.host_id,
+            config=XcclConfig(timeout_s=KV_TIMEOUT_S))
 
     # ---- messages ------------------------------------------------------------------------------------
     def send_to_output(self, *msg) -> None:
@@ -214,10 +224,17 @@ class GroupCore:
                 if sender is None:
                     raise RuntimeError(f"no XCCL pair with {decode_group}")
                 sender.start(rid, self.core.export_kv(rid), 0, event)
-            except Exception as e:  # the decode side's receive fails by its deadline and names us
+            except Exception as e:
                 log.warning("%s: cannot send the KV of %s to %s: %s", self.name, rid, decode_group, e)
                 self.core.release_kv(rid)
                 self.parked_since.pop(rid, None)
+                if sender is not None:  # a 1-byte answer fails that receive at once (size mismatch), and
+                    sender.group.isend(torch.zeros(1, dtype=torch.uint8), 0, event)  # keeps the pair in step
+        elif kind == "probe":  # prefill: a decode group checks the link with a dummy payload
+            _, event, decode_group = msg
+            sender = self.senders.get(decode_group)
+            if sender is not None:
+                sender.group.isend(torch.zeros(16, dtype=torch.uint8), 0, event)
         elif kind == "release":  # prefill: the decode side will not pull it
             self.core.release_kv(msg[1])
             self.parked_since.pop(msg[1], None)
@@ -264,16 +281,92 @@ class GroupCore:
             task = TransferTask(rid, 1, 0, kv_tokens, dtype, KVGeometry(**geometry))
 
             def fetch(caches, block_ids, block_size, n):
-                event = self.events[src] = self.events.get(src, 0) + 1
+                event = self.next_event(src)
                 self.out.send(src, "pull", rid, event, self.name)
+                self.pull_started[rid] = time.monotonic()
                 return XcclPull(group, TransferTask(**{**task.__dict__, "event_id": event}), caches, block_ids, block_size)
 
             self.core.add_transferred_request(rid, prompt, out_tokens, sp, fetch)
+            self.source[rid] = src
         except Exception as e:
             self.out.try_send(src, "release", rid)
-            self.reject(rid, frontend, f"cannot continue the request on {self.name}: {e}")
+            self.reject(rid, frontend, f"{UNAVAILABLE}cannot continue the request on {self.name}: {e}")
             return
         self.register(rid, frontend, sp, prompt + out_tokens, detok_state=detok_state, n_out=len(out_tokens))
+
+    def next_event(self, peer: str) -> int:
+        event = self.events[peer] = self.events.get(peer, 0) + 1
+        return event
+
+    # ---- decode: prefill peers' health -------------------------------------------------------------------
+    def fail_from(self, peer: str, why: str) -> None:
+        """Fail (retriably) every request whose KV is still on prefill group ``peer``."""
+        sch = self.core.scheduler
+        waiting = {r.request_id for r, _ in sch.awaiting_kv} | set(sch.receiving)
+        victims = [rid for rid, src in self.source.items() if src == peer and rid in waiting]
+        for rid in self.core.abort(victims):
+            self.generation.pop(rid, None)
+            self.pull_started.pop(rid, None)
+            self.source.pop(rid, None)
+        if victims:
+            log.warning("%s: %s; %d requests go back to be prefilled again", self.name, why, len(victims))
+            err = UNAVAILABLE + why
+            self.send_to_output("outputs", [_output_to_wire(EngineOutput(r, (), FinishReason.ERROR, error=err)) + [0]
+                                            for r in victims])
+
+    def check_peers(self, now: float) -> None:
+        """Notice a prefill group that died (same host: its pid; another host: its reports stopped) or
+        was replaced (a new pid in the rendezvous) within about ``PEER_CHECK_S``, and probe the links of
+        pulls that take long."""
+        from ..xccl.poll import pid_alive
+
+        self.last_peer_check = now
+        for inst in self.spec.prefill:
+            for peer in inst.group_names:
+                key = f"ready/{peer}"
+                pid = int(self.registry.store.get(key)) if self.registry.store.check([key]) else None
+                if pid != self.peer_pid.get(peer):
+                    if pid is not None and peer not in self.pending_pairs:
+                        self.fail_from(peer, f"prefill group {peer} was replaced")
+                        self.pair_with(peer)
+                    continue
+                if inst.host == self.host_id:
+                    dead = not pid_alive(pid)
+                else:
+                    load = self.registry.get_json(f"load/{peer}") or {}
+                    seq, since = self.peer_seen.get(peer, (-1, now))
+                    if load.get("seq") != seq:
+                        self.peer_seen[peer] = (load.get("seq"), now)
+                    dead = now - self.peer_seen[peer][1] > PEER_STALE_S
+                if dead and self.link_state.get(peer) != "dead":
+                    self.link_state[peer] = "dead"
+                    self.fail_from(peer, f"prefill group {peer} (pid {pid}) died")
+        self.probe_links(now)
+
+    def probe_links(self, now: float) -> None:
+        """A pull waiting more than ``PROBE_AFTER_S``: send a 16-byte probe over the same XCCL pair. If it
+        returns, the link works and the decode side is merely saturated (or the transfer large); if not
+        within ``PROBE_TIMEOUT_S``, the link is broken and the peer's requests are failed retriably."""
+        for peer, (handle, sent) in list(self.probes.items()):
+            if handle.test():
+                del self.probes[peer]
+                try:
+                    handle.wait(0)
+                    self.link_state[peer] = "saturated"
+                except Exception as e:
+                    self.link_state[peer] = "broken"
+                    self.fail_from(peer, f"the KV link to {peer} is broken ({e})")
+            elif now - sent > PROBE_TIMEOUT_S:
+                del self.probes[peer]
+                self.link_state[peer] = "broken"
+                self.fail_from(peer, f"the KV link to {peer} is broken (probe not back in {PROBE_TIMEOUT_S:.0f} s)")
+        slow = {self.source.get(rid) for rid, t in self.pull_started.items() if now - t > PROBE_AFTER_S}
+        for peer in slow - {None} - set(self.probes):
+            group = self.pairs.get(peer)
+            if group is not None:
+                event = self.next_event(peer)
+                self.out.try_send(peer, "probe", event, self.name)
+                self.probes[peer] = (group.irecv(torch.empty(16, dtype=torch.uint8), 1, event), now)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def idle_timeout_ms(self) -> int:
@@ -298,7 +391,9 @@ class GroupCore:
                     old.close()
                 self.pairs[peer] = group
                 self.senders[peer] = KVSender(group)
-                log.info("%s: XCCL pair with %s over %s", self.name, peer, group.transport(0))
+                self.link_state[peer] = "ok"
+                self.events[peer] = 0
+                log.info("%s: XCCL pair with %s over %s", self.name, peer, group.transport(1 - group.rank))
 
     def advance_sends(self) -> None:
         now = time.monotonic()
@@ -355,8 +450,18 @@ class GroupCore:
             if self.senders or self.parked_since or self.aborted:
                 self.advance_sends()
             now = time.monotonic()
+            if self.role == "decode":
+                if self.pull_started:
+                    receiving = self.core.scheduler.receiving
+                    for rid in [r for r in self.pull_started if r not in receiving]:
+                        del self.pull_started[rid]
+                if now - self.last_peer_check >= PEER_CHECK_S:
+                    self.check_peers(now)
+                    for rid in [r for r in self.source if r not in self.core.scheduler.requests]:
+                        del self.source[rid]
             if now - last_stats >= (0.02 if changed else HEARTBEAT_S):
-                load = group_load(self.core)
+                self.seq += 1
+                load = {**group_load(self.core), "seq": self.seq, "links": self.link_state}
                 self.out.try_send(shell, "stats", self.name, os.getpid(), load)
                 self.registry.set_json(f"load/{self.name}", load)  # for operators and tests
                 last_stats = now

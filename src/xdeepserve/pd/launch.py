@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ class Child:
     proc: subprocess.Popen
     log_path: Path
     exited_reported: bool = False
+    started_at: float = 0.0
+    restarts: int = 0
 
 
 class Deployment:
@@ -49,7 +52,7 @@ class Deployment:
     """
 
     def __init__(self, spec_path: str | Path, *, host_id: str | None = None, rendezvous: tuple[str, int] | None = None,
-                 log_dir: str | Path | None = None, log_level: str = "info") -> None:
+                 log_dir: str | Path | None = None, log_level: str = "info", restart: bool = True) -> None:
         self.spec_path = Path(spec_path).resolve()
         self.spec: DeploymentSpec = load_spec(self.spec_path)
         if self.spec.colocated:
@@ -63,6 +66,11 @@ class Deployment:
         self.log_level = log_level
         self.children: dict[str, Child] = {}
         self.store = None
+        self.restart = restart  # replace a process that exits unexpectedly (the others keep running)
+        self.events: list[tuple[float, str]] = []  # (time, what happened), for operators and tests
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     @property
     def hosts_store(self) -> bool:
@@ -91,6 +99,8 @@ class Deployment:
         except BaseException:
             self.stop()
             raise
+        self._monitor = threading.Thread(target=self._supervise, name="xds-supervisor", daemon=True)
+        self._monitor.start()
         return self
 
     def spawn(self, role: str, name: str) -> Child:
@@ -99,7 +109,9 @@ class Deployment:
                "--store", f"{self.rendezvous[0]}:{self.rendezvous[1]}", "--log-level", self.log_level]
         with open(log_path, "ab") as f:  # the child keeps its own descriptor
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        child = self.children[name] = Child(role, name, proc, log_path)
+        old = self.children.get(name)
+        child = self.children[name] = Child(role, name, proc, log_path, started_at=time.monotonic(),
+                                            restarts=old.restarts + 1 if old else 0)
         return child
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -122,14 +134,29 @@ class Deployment:
             time.sleep(0.1)
 
     # ---- supervision -----------------------------------------------------------------------------------
-    def check(self) -> list[Child]:
-        """Children that exited since the last check (each reported once)."""
-        gone = []
-        for c in self.children.values():
-            if c.proc.poll() is not None and not c.exited_reported:
-                c.exited_reported = True
-                gone.append(c)
-        return gone
+    RESTART_BACKOFF_S = 2.0  # a process that dies again within this of its start waits this long
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                for c in list(self.children.values()):
+                    if c.proc.poll() is None or c.exited_reported:
+                        continue
+                    c.exited_reported = True
+                    self.events.append((time.monotonic(), f"{c.name} (pid {c.proc.pid}) exited with code {c.proc.returncode}"))
+                    log.warning("%s (pid %d) exited with code %s; log: %s", c.name, c.proc.pid, c.proc.returncode,
+                                c.log_path)
+                    if self.restart and not self._stopping.is_set():
+                        if time.monotonic() - c.started_at < self.RESTART_BACKOFF_S:
+                            time.sleep(self.RESTART_BACKOFF_S)
+                        new = self.spawn(c.role, c.name)
+                        self.events.append((time.monotonic(), f"{c.name} replaced by pid {new.proc.pid}"))
+
+    def check(self) -> list[str]:
+        """What happened since the last call (exits and replacements), oldest first."""
+        with self._lock:
+            events, self.events = self.events, []
+        return [what for _, what in events]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Signal one process (fault tests); returns its pid."""
@@ -142,6 +169,9 @@ class Deployment:
 
     # ---- stop ----------------------------------------------------------------------------------------
     def stop(self) -> None:
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.join(5)
         order = [[c for c in self.children.values() if c.role == "frontend"],
                  [c for c in self.children.values() if c.role != "frontend"]]
         for batch in order:
@@ -180,9 +210,8 @@ def launch_main(spec_path: str, host_id: str | None, rendezvous: str | None, log
     spec = load_spec(spec_path)
     if spec.colocated:
         from ..api.server import run_server
-        from .group import resolve_model
 
-        config = spec.engine_config(None, resolve_model(spec))
+        config = spec.engine_config(None, spec.model_dir())
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_server(config, spec.hosts[next(iter(spec.hosts))], spec.port, log_level=log_level)
         return 0
@@ -202,9 +231,8 @@ def launch_main(spec_path: str, host_id: str | None, rendezvous: str | None, log
           f"API at {dep.base_url}", flush=True)
     try:
         while not stop["flag"]:
-            for c in dep.check():
-                print(f"xds launch: {c.name} (pid {c.proc.pid}) exited with code {c.proc.returncode}; "
-                      f"log: {c.log_path}", file=sys.stderr, flush=True)
+            for what in dep.check():
+                print(f"xds launch: {what}", file=sys.stderr, flush=True)
             time.sleep(0.2)
     finally:
         print("xds launch: stopping", flush=True)

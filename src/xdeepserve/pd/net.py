@@ -29,6 +29,11 @@ HEARTBEAT_S = 0.25  # how often processes report liveness and load
 DEAD_AFTER_S = 2.0  # a peer silent this long is treated as gone (generous: 2 shared cores)
 
 
+# Error prefixes on the wire (final outputs with finish reason "error"):
+REJECTED = "invalid request: "  # the request itself is bad: the client gets a 400
+UNAVAILABLE = "unavailable: "  # a part of the deployment failed it: the frontend resumes it elsewhere
+
+
 class PeerUnavailable(RuntimeError):
     """A peer is unknown to the rendezvous or does not take messages."""
 
@@ -75,18 +80,24 @@ def bind_inbox(ctx: zmq.Context, address: str) -> tuple[zmq.Socket, str]:
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+REFRESH_S = 0.5  # how often a sender re-reads a peer's endpoint (a replaced peer publishes a new one)
+
+
 class Outbox:
-    """One PUSH socket per named peer, connected on first use (re-connected when the peer republishes
-    a new endpoint, i.e. was replaced)."""
+    """One PUSH socket per named peer, connected on first use and re-connected when the peer publishes
+    a new endpoint (it was replaced): the endpoint is re-read at most every ``REFRESH_S``."""
 
     def __init__(self, ctx: zmq.Context, registry: Registry) -> None:
         self.ctx, self.registry = ctx, registry
         self.socks: dict[str, tuple[str, zmq.Socket]] = {}
+        self.checked: dict[str, float] = {}
 
     def _socket(self, name: str, refresh: bool = False) -> zmq.Socket:
         cached = self.socks.get(name)
-        if cached is not None and not refresh:
+        now = time.monotonic()
+        if cached is not None and not refresh and now - self.checked.get(name, 0.0) < REFRESH_S:
             return cached[1]
+        self.checked[name] = now
         endpoint = self.registry.lookup(name)
         if endpoint is None:
             raise PeerUnavailable(f"{name} is not registered in the deployment")
@@ -124,6 +135,10 @@ class Outbox:
         """Look ``name`` up again (after it was replaced)."""
         if name in self.socks:
             self._socket(name, refresh=True)
+
+    def endpoint(self, name: str) -> str | None:
+        cached = self.socks.get(name)
+        return cached[0] if cached else None
 
     def close(self) -> None:
         for _, sock in self.socks.values():

@@ -19,16 +19,13 @@ import zmq
 from ..engine.core_proc import unpack
 from ..engine.request import FinishReason
 from ..xccl.poll import pid_alive
-from .net import HEARTBEAT_S, Outbox, Registry, bind_inbox
+from .net import HEARTBEAT_S, UNAVAILABLE, Outbox, Registry, bind_inbox
 from .routing import Target, pick_decode, pick_prefill
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
 
 STALE_S = 5.0  # a group whose reports stop this long is skipped (a long prefill step can be a few seconds)
-
-
-UNAVAILABLE = "unavailable: "  # prefix of a retriable error (no capacity right now); the frontend answers 503
 
 
 def error_output(rid: str, error: str, source: str) -> list:
@@ -59,6 +56,7 @@ class Shell:
         self.pids: dict[str, int] = {}
         self.executors = [f"executor-{i}" for i in range(spec.executors)]
         self.registry.publish(self.name, endpoint)
+        self.registry.store.set(f"ready/{self.name}", str(os.getpid()))
 
     def alive(self, now: float) -> list[Target]:
         return [t for g, t in self.groups.items()
@@ -77,6 +75,7 @@ class Shell:
             "used_blocks": sum(x.get("used_blocks", 0) for x in loads),
             "reserved_blocks": sum(x.get("reserved_blocks", 0) for x in loads),
             "parked": sum(x.get("parked", 0) for x in loads),
+            "pids": {t.name: self.pids[t.name] for t in alive},
             "engine": merge_stats([x["stats"] for x in loads if "stats" in x]),
         }
 
@@ -94,6 +93,8 @@ class Shell:
             if target is None or not self.out.try_send(target.name, *msg):
                 self.out.try_send(msg[4], "outputs", [error_output(
                     msg[1], f"no live DP group in {self.inst.name}; retry the request", self.name)])
+            else:  # the frontend watches the group that holds the request
+                self.out.try_send(msg[4], "routed", msg[1], target.name, self.pids[target.name], 0)
         elif kind == "transfer":  # decode: rid, prompt, out, sampling, frontend, detok, src group, ...
             _, rid, prompt, out_tokens, sp_wire, frontend = msg[:6]
             src = msg[7]
@@ -103,6 +104,8 @@ class Shell:
                 self.out.try_send(src, "release", rid)
                 self.out.try_send(frontend, "outputs", [error_output(
                     rid, f"no live DP group in {self.inst.name}; retry the request", self.name)])
+            else:
+                self.out.try_send(frontend, "routed", rid, target.name, self.pids[target.name], 1)
         elif kind == "abort":
             for g in self.groups:
                 self.out.try_send(g, "abort", msg[1])

@@ -83,6 +83,16 @@ class DeploymentSpec:
     def instances(self) -> tuple[InstanceSpec, ...]:
         return (*self.prefill, *self.decode)
 
+    def model_dir(self) -> str:
+        """The checkpoint directory ("demo": the built-in demo model)."""
+        if self.model == "demo":
+            from ..cli import demo_model_dir
+
+            return str(demo_model_dir())
+        if not (Path(self.model) / "config.json").is_file():
+            raise SpecError(f"model {self.model!r}: no checkpoint there (config.json missing)")
+        return self.model
+
     def engine_config(self, inst: InstanceSpec | None, model_dir: str) -> EngineConfig:
         opts = {**self.engine, **(inst.engine if inst else {})}
         return EngineConfig(model=model_dir, prefill_only=inst is not None and inst.role == "prefill", **opts)
