@@ -1,5 +1,10 @@
-"""``make demo``: start the server, ask the demo model checkable questions through the official ``openai``
-client (streaming, concurrently), check the answers, show metrics, shut down.
+"""``make demo``: start a disaggregated deployment, ask the demo model checkable questions through the
+official ``openai`` client (streaming, concurrently), check the answers, show metrics, shut down.
+
+The deployment (``xds launch``'s processes): 2 API frontends sharing one port, 2 job executors, 2 prefill
+instances (short / long prompts), 1 decode instance with 2 DP groups; every DP group has its own output
+process, and the KV of each request moves from prefill to decode over XCCL. ``--colocated`` runs the
+single-process ``xds serve`` instead.
 
 The built-in demo checkpoint is a small DeepSeek-V3-architecture model (MLA, MoE with a shared expert,
 an MTP module) trained on arithmetic and string tasks (:mod:`xdeepserve.train_demo`), so its answers can
@@ -8,17 +13,20 @@ be checked; greedy requests are served with MTP speculative decoding.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 from openai import AsyncOpenAI
 from rich.console import Console
 from rich.table import Table
 
-from .api.launch import ServerProcess
+from .api.launch import ServerProcess, free_port
 from .cli import demo_model_dir
 from .train_demo import TASKS, heldout_questions
 
@@ -85,17 +93,61 @@ async def _run(base_url: str, console: Console) -> int:
     return correct
 
 
-def main() -> int:
-    console = Console()
-    model = demo_model_dir()
+DEMO_DEPLOYMENT = """\
+model: demo
+engine: {{max_model_len: 512, num_kv_blocks: 512}}
+frontends: {{count: 2, port: {port}}}
+executors: {{count: 2}}
+prefill:
+  - {{dp_groups: 1, prompts: short}}
+  - {{dp_groups: 1, prompts: long}}
+decode:
+  - {{dp_groups: 2}}
+long_prompt_tokens: 128
+"""
+
+
+def run_colocated(console: Console) -> int:
     with console.status("starting xds serve …"):
-        server = ServerProcess(["--model", str(model), "--max-model-len", "1024", "--log-level", "warning"]).start()
+        server = ServerProcess(["--model", str(demo_model_dir()), "--max-model-len", "1024", "--log-level",
+                                "warning"]).start()
     try:
         asyncio.run(_run(server.base_url, console))
     finally:
         code = server.stop()
     console.print(f"server stopped cleanly (exit code {code})" if code == 0 else f"server exit code {code}")
     return 0 if code == 0 else 1
+
+
+def run_disaggregated(console: Console) -> int:
+    from .pd.launch import Deployment
+
+    with tempfile.TemporaryDirectory(prefix="xds-demo-") as tmp:
+        path = Path(tmp) / "deploy.yaml"
+        path.write_text(DEMO_DEPLOYMENT.format(port=free_port()))
+        dep = Deployment(path, log_dir=Path(tmp) / "logs")
+        with console.status(f"starting {len(dep.spec.processes())} processes (xds launch) …"):
+            dep.start()
+        try:
+            layout = Table(title="deployment (each DP group also has its own output process)")
+            layout.add_column("process")
+            layout.add_column("pid")
+            for name, child in dep.children.items():
+                layout.add_row(name, str(child.proc.pid))
+            console.print(layout)
+            correct = asyncio.run(_run(dep.base_url.removesuffix("/v1"), console))
+        finally:
+            dep.stop()
+        console.print("deployment stopped")
+    return 0 if correct > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xdeepserve.demo")
+    p.add_argument("--colocated", action="store_true", help="one xds serve process instead of the PD deployment")
+    args = p.parse_args(argv)
+    console = Console()
+    return run_colocated(console) if args.colocated else run_disaggregated(console)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class Executor:
         self.out = Outbox(self.ctx, self.registry)
         self.prefill = {i.name: Target(i.name, prompts=i.prompts) for i in spec.prefill}
         self.decode = {i.name: Target(i.name) for i in spec.decode}
+        self.mixed = {i.name: Target(i.name, prompts=i.prompts) for i in spec.mixed}
         self.frontends = [f"frontend-{i}" for i in range(spec.frontends)]
         self.endpoint = endpoint
         self.registry.publish(name, endpoint)
@@ -44,6 +45,12 @@ class Executor:
         kind = msg[0]
         if kind == "submit":  # rid, prompt, sampling, frontend
             _, rid, prompt, sp_wire, frontend = msg
+            if self.mixed:  # colocated instances: one pick, by the prefill cost model
+                m = pick_prefill(self.alive(self.mixed, now), prompt, self.spec.long_prompt_tokens)
+                if m is None or not self.out.try_send(f"{m.name}/shell", "add", rid, prompt, sp_wire, frontend, None):
+                    self.out.try_send(frontend, "outputs", [error_output(
+                        rid, "no live colocated instance; retry the request", self.name)])
+                return
             p = pick_prefill(self.alive(self.prefill, now), prompt, self.spec.long_prompt_tokens)
             need = -(-(len(prompt) + sp_wire.get("max_tokens", 16)) // 16)
             d = pick_decode(self.alive(self.decode, now), need)
@@ -56,11 +63,11 @@ class Executor:
                 self.out.try_send(frontend, "outputs", [error_output(
                     rid, f"prefill instance {p.name} is unavailable; retry the request", self.name)])
         elif kind == "abort":  # rids: wherever they are now
-            for inst in (*self.spec.prefill, *self.spec.decode):
+            for inst in self.spec.instances:
                 self.out.try_send(f"{inst.name}/shell", "abort", msg[1])
         elif kind == "load":
             _, inst, summary = msg
-            target = self.prefill.get(inst) or self.decode.get(inst)
+            target = self.prefill.get(inst) or self.decode.get(inst) or self.mixed.get(inst)
             if target is not None:
                 target.report(summary, now)
 
@@ -83,10 +90,13 @@ class Executor:
             now = time.monotonic()
             if now - last >= HEARTBEAT_S:
                 prefill, decode = self.alive(self.prefill, now), self.alive(self.decode, now)
-                stats = merge_stats([t.load.get("engine", {}) for t in prefill + decode])
-                pids = {g: pid for t in prefill + decode for g, pid in t.load.get("pids", {}).items()}
+                mixed = self.alive(self.mixed, now)
+                alive = prefill + decode + mixed
+                stats = merge_stats([t.load.get("engine", {}) for t in alive])
+                pids = {g: pid for t in alive for g, pid in t.load.get("pids", {}).items()}
+                ready = bool(mixed) if self.mixed else bool(prefill and decode)
                 for fe in self.frontends:
-                    self.out.try_send(fe, "hb", self.name, bool(prefill and decode), stats, pids, self.endpoint)
+                    self.out.try_send(fe, "hb", self.name, ready, stats, pids, self.endpoint)
                 last = now
             if os.getppid() != parent:
                 return

@@ -206,7 +206,7 @@ class GroupCore:
 
     def handle(self, msg: list) -> bool:
         kind = msg[0]
-        if kind == "add":  # prefill: (rid, prompt, sampling, frontend, decode instance)
+        if kind == "add":  # prefill / colocated: (rid, prompt, sampling, frontend, decode instance or None)
             _, rid, prompt, sp_wire, frontend, decode = msg
             try:
                 sp = SamplingParams.from_wire(sp_wire)
@@ -214,7 +214,7 @@ class GroupCore:
             except (InvalidRequestError, TypeError, ValueError) as e:
                 self.reject(rid, frontend, f"{REJECTED}{e}")
                 return True
-            self.register(rid, frontend, sp, prompt, handoff=[decode, prompt, sp_wire])
+            self.register(rid, frontend, sp, prompt, handoff=[decode, prompt, sp_wire] if decode else None)
         elif kind == "transfer":  # decode: a prefilled request to continue
             self.add_transfer(msg)
         elif kind == "pull":  # prefill: a decode group has blocks for it and waits for the rows

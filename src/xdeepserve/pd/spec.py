@@ -22,6 +22,12 @@ A colocated deployment is one ``xds serve`` process (the engine core and its out
     model: demo
     colocated: {port: 8000}
 
+or, behind the same frontends and executors, a list of colocated instances (each DP group prefills
+and decodes its own requests) — the baseline a disaggregated deployment is compared with::
+
+    colocated:
+      - {dp_groups: 2}
+
 Unknown keys and bad values are refused with the path of the offending key.
 """
 
@@ -44,7 +50,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    role: str  # "prefill" or "decode"
+    role: str  # "prefill", "decode" or "colocated"
     index: int
     dp_groups: int
     host: str
@@ -77,11 +83,12 @@ class DeploymentSpec:
     executor_host: str = ""
     prefill: tuple[InstanceSpec, ...] = ()
     decode: tuple[InstanceSpec, ...] = ()
+    mixed: tuple[InstanceSpec, ...] = ()  # colocated instances behind frontends and executors
     long_prompt_tokens: int = 256
 
     @property
     def instances(self) -> tuple[InstanceSpec, ...]:
-        return (*self.prefill, *self.decode)
+        return (*self.prefill, *self.decode, *self.mixed)
 
     def model_dir(self) -> str:
         """The checkpoint directory ("demo": the built-in demo model)."""
@@ -173,7 +180,7 @@ def _instances(value: Any, role: str, hosts: dict[str, str]) -> tuple[InstanceSp
     for i, item in enumerate(value):
         where = f"{role}[{i}]"
         d = _mapping(item, where)
-        _only(d, {"dp_groups", "host", "engine", "prompts"} if role == "prefill" else {"dp_groups", "host", "engine"},
+        _only(d, {"dp_groups", "host", "engine", "prompts"} if role != "decode" else {"dp_groups", "host", "engine"},
               where)
         prompts = d.get("prompts", "any")
         if prompts not in PROMPT_CLASSES:
@@ -207,7 +214,13 @@ def parse_spec(data: Any) -> DeploymentSpec:
     first = next(iter(hosts))
     rendezvous = parse_rendezvous(top.get("rendezvous", f"{hosts[first]}:0"))
     engine = _engine(top.get("engine"), "engine")
-    if "colocated" in top:
+    mixed: tuple[InstanceSpec, ...] = ()
+    if isinstance(top.get("colocated"), list):
+        extra = sorted(set(top) & {"prefill", "decode"})
+        if extra:
+            raise SpecError(f"colocated: colocated instances do not mix with a {extra[0]!r} section")
+        mixed = _instances(top["colocated"], "colocated", hosts)
+    elif "colocated" in top:
         extra = sorted(set(top) & {"frontends", "executors", "prefill", "decode"})
         if extra:
             raise SpecError(f"colocated: a colocated deployment has no {extra[0]!r} section")
@@ -215,7 +228,7 @@ def parse_spec(data: Any) -> DeploymentSpec:
         _only(d, {"port"}, "colocated")
         return DeploymentSpec(model, hosts, rendezvous, engine, colocated=True,
                               port=_int(d.get("port", 8000), "colocated.port"))
-    for key in ("prefill", "decode"):
+    for key in ("prefill", "decode") if not mixed else ():
         if key not in top:
             raise SpecError(f"{key}: a disaggregated deployment needs at least one {key} instance "
                             "(or write a 'colocated' section)")
@@ -230,8 +243,9 @@ def parse_spec(data: Any) -> DeploymentSpec:
         frontend_host=_host(fe.get("host"), hosts, "frontends.host"),
         executors=_int(ex.get("count", 1), "executors.count", 1),
         executor_host=_host(ex.get("host"), hosts, "executors.host"),
-        prefill=_instances(top["prefill"], "prefill", hosts),
-        decode=_instances(top["decode"], "decode", hosts),
+        prefill=_instances(top["prefill"], "prefill", hosts) if not mixed else (),
+        decode=_instances(top["decode"], "decode", hosts) if not mixed else (),
+        mixed=mixed,
         long_prompt_tokens=_int(top.get("long_prompt_tokens", 256), "long_prompt_tokens", 1),
     )
 
