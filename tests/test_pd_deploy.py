@@ -7,6 +7,7 @@ block."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import re
 import textwrap
@@ -127,7 +128,17 @@ def test_two_hosts_with_small_decode_pool_back_pressures_and_matches(tmp_path, w
         decode:
           - {{dp_groups: 1, host: host-b, engine: {{num_kv_blocks: 24}}}}
     """)
-    with Deployment(path, log_dir=tmp_path / "logs") as dep:
+    # one launcher per host, as on two machines: host-a hosts the rendezvous, host-b joins it
+    rendezvous = ("127.0.0.1", free_port())
+    host_a = Deployment(path, host_id="host-a", rendezvous=rendezvous, log_dir=tmp_path / "logs")
+    host_b = Deployment(path, host_id="host-b", rendezvous=rendezvous, log_dir=tmp_path / "logs")
+    assert {n for _, n in host_b.spec.processes("host-b")} == {"decode-0.0", "decode-0"}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(host_a.start), pool.submit(host_b.start)]
+        for f in started:
+            f.result()
+    try:
+        dep = host_a
         peak = {"parked": 0.0, "awaiting": 0.0}
         done = False
 
@@ -162,6 +173,9 @@ def test_two_hosts_with_small_decode_pool_back_pressures_and_matches(tmp_path, w
                 break
             assert time.monotonic() < deadline, loads
             time.sleep(0.2)
+    finally:
+        host_b.stop()
+        host_a.stop()
 
 
 def _group_load(dep: Deployment, name: str) -> dict:
@@ -189,3 +203,18 @@ def test_bad_deployment_files_are_refused_by_key(tmp_path):
         path.write_text(body)
         with pytest.raises(SpecError, match=re.escape(message)):
             load_spec(path)
+
+
+def test_colocated_forms_are_valid_specs(tmp_path):
+    single = tmp_path / "one.yaml"
+    single.write_text("model: demo\ncolocated: {port: 8123}\n")
+    spec = load_spec(single)
+    assert spec.colocated and spec.port == 8123 and not spec.instances
+    behind = tmp_path / "mixed.yaml"
+    behind.write_text("colocated:\n  - {dp_groups: 2}\nfrontends: {count: 2}\n")
+    spec = load_spec(behind)
+    assert not spec.colocated and [i.role for i in spec.instances] == ["colocated"]
+    assert spec.instances[0].group_names == ["colocated-0.0", "colocated-0.1"]
+    assert [name for _, name in spec.processes()] == ["colocated-0.0", "colocated-0.1", "colocated-0", "executor-0",
+                                                      "frontend-0", "frontend-1"]
+    assert not spec.engine_config(spec.instances[0], "m").prefill_only
