@@ -178,3 +178,30 @@ def test_kill_9_under_load(dep, work, role):
           f"last stream ended {ended:.1f} s after the kill; replacement ready {recovery:.1f} s after it")
     events = dep.check()
     assert any(f"{name} replaced" in e for e in events), events
+
+
+def test_no_capacity_left_fails_fast_with_a_retriable_error(tmp_path):
+    """With the only decode group dead (and no replacement), requests fail within 2 s with HTTP 503."""
+    port = free_port()
+    path = tmp_path / "deploy.yaml"
+    path.write_text(textwrap.dedent(f"""
+        model: {DEMO_MODEL}
+        engine: {{max_model_len: 256, num_kv_blocks: 128}}
+        frontends: {{port: {port}}}
+        prefill: [{{dp_groups: 1}}]
+        decode: [{{dp_groups: 1}}]
+    """))
+    with Deployment(path, log_dir=tmp_path / "logs", restart=False) as d:
+        client = openai.OpenAI(base_url=d.base_url, api_key="unused", max_retries=0, timeout=30)
+        ok = client.completions.create(model="demo_model", prompt=prompt_text("What is 2 + 2?"), max_tokens=4,
+                                       temperature=0)
+        assert ok.choices[0].text
+        d.kill("decode-0.0")
+        time.sleep(1.0)  # the shell, executor and frontend learn it
+        for _ in range(3):
+            t0 = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as err:
+                client.completions.create(model="demo_model", prompt=prompt_text("What is 3 + 4?"), max_tokens=4,
+                                          temperature=0)
+            assert err.value.status_code == 503, err.value
+            assert time.monotonic() - t0 < 2.0

@@ -159,6 +159,9 @@ class PDClient:
                 return ex, endpoint
             except zmq.Again:
                 continue
+        now = time.monotonic()
+        if any(now - seen < DEAD_AFTER_S for seen, *_ in self._executors.values()):
+            raise EngineDeadError("no capacity: the deployment has no live prefill or decode instance right now")
         raise EngineDeadError("no live job executor in the deployment")
 
     # ---- requests ------------------------------------------------------------------------------------
