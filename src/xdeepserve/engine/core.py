@@ -182,6 +182,9 @@ class EngineCore:
 
     def abort(self, request_ids: list[str]) -> list[str]:
         """Abort and free; returns the ids that were still in flight."""
+        for rid in request_ids:
+            self._fetch_fns.pop(rid, None)
+            self._fetches.pop(rid, None)
         return [rid for rid in request_ids if self.scheduler.abort(rid) is not None]
 
     def has_work(self) -> bool:

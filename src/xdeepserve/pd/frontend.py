@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 300.0
 MAX_ATTEMPTS = 4  # a request is resumed at most this many times minus one
 EXECUTOR_GRACE_S = 0.5  # a request not routed yet is resent when its executor is declared dead
+ROUTE_TIMEOUT_S = 10.0  # ... or when no TE-shell took it within this (it was lost with a dying shell)
 RETRIABLE = (UNAVAILABLE, "KV transfer failed")
 
 
@@ -180,6 +181,7 @@ class PDClient:
         self.validate(prompt_token_ids, sampling)
         self._requests.add(request_id)
         tokens: list[int] = []  # output tokens streamed to the client so far, over all attempts
+        text = ""  # ... and their text
         attempt_id = request_id
         finished = False
         try:
@@ -196,11 +198,16 @@ class PDClient:
                         reason = item.reason
                         break
                     tokens += item.token_ids
+                    text += item.text
                     finished = item.finished
                     yield replace(item, request_id=request_id, num_prompt_tokens=len(prompt_token_ids),
                                   num_output_tokens=len(tokens))
                     if finished:
                         return
+                held = self._held_back(prompt_token_ids, tokens, text)
+                if held:  # text of streamed tokens the lost attempt still held back (stop-string window)
+                    text += held
+                    yield RequestOutput(request_id, held, (), None, (), len(prompt_token_ids), len(tokens))
                 self._flights.pop(attempt_id, None)
                 with contextlib.suppress(EngineDeadError, zmq.ZMQError):
                     await self._send("abort", [attempt_id])  # whatever is left of it
@@ -219,6 +226,20 @@ class PDClient:
             if not finished:
                 with contextlib.suppress(EngineDeadError, zmq.ZMQError):
                     await self._send("abort", [attempt_id])
+
+    def _held_back(self, prompt: list[int], tokens: list[int], text: str) -> str:
+        """The text of ``tokens`` not streamed yet (an output process holds back the last characters
+        while they could start a stop string). Decoded with a few prompt tokens as context, as the
+        output process does."""
+        if not tokens:
+            return ""
+        ctx = prompt[-5:]
+        full = self.tokenizer.decode(ctx + tokens, skip_special_tokens=True)
+        head = self.tokenizer.decode(ctx, skip_special_tokens=True)
+        if not full.startswith(head) or full.endswith("\ufffd"):
+            return ""
+        produced = full[len(head):]
+        return produced[len(text):] if produced.startswith(text) else ""
 
     async def _attempt(self, flight: Flight) -> AsyncIterator[RequestOutput | Resume]:
         """The outputs of one attempt, in token order; a :class:`Resume` when it is lost."""
@@ -256,7 +277,9 @@ class PDClient:
     def _watch(self) -> None:
         """After each heartbeat: resume the attempts whose DP group (or, before routing, executor) died."""
         now = time.monotonic()
-        live_ex = set(self.live_executors())
+        live_ex = set(self.live_executors())  # ready ones: they have heard from every instance
+        if not live_ex:
+            return  # no complete view (e.g. the only executor just restarted): judge nothing
         live: dict[str, int] = {}
         for name in live_ex:
             live.update(self._executors[name][3])
@@ -270,9 +293,13 @@ class PDClient:
                     flight.queue.put_nowait(Resume(f"{group} (pid {pid}) is gone"))
             elif now - flight.sent_at > EXECUTOR_GRACE_S:
                 name, endpoint = flight.executor
-                if name not in live_ex or self._executors[name][4] != endpoint:
+                if name not in self._executors or self._executors[name][4] != endpoint or (
+                        now - self._executors[name][0] > DEAD_AFTER_S):
                     flight.resuming = True
                     flight.queue.put_nowait(Resume(f"{name} is gone before routing it"))
+                elif now - flight.sent_at > ROUTE_TIMEOUT_S:  # lost on the way (e.g. a shell died)
+                    flight.resuming = True
+                    flight.queue.put_nowait(Resume(f"not routed within {ROUTE_TIMEOUT_S:.0f} s"))
 
     async def _read_loop(self) -> None:
         while True:

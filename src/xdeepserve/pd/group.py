@@ -115,13 +115,16 @@ class GroupCore:
         self.senders: dict[str, KVSender] = {}  # prefill: decode group -> sender
         self.parked_since: dict[str, float] = {}
         self.events: dict[str, int] = {}  # decode: prefill group -> last event id
-        self.aborted: dict[str, float] = {}  # decode: recently aborted ids
+        self.aborted: dict[str, float] = {}  # recently aborted ids (an abort can overtake its request)
         self.generation: dict[str, int] = {}
         self.admissions = 0
         self.source: dict[str, str] = {}  # decode: request -> the prefill group holding its KV
+        self.frontends: dict[str, str] = {}  # prefill: request -> its frontend (until its KV is released)
         self.peer_pid: dict[str, int] = {}  # decode: prefill group -> pid of the incarnation we paired with
         self.peer_seen: dict[str, tuple[int, float]] = {}  # ... (report seq, when it last changed)
         self.pull_started: dict[str, float] = {}  # decode: request -> when its pull was asked for
+        self.added_at: dict[str, float] = {}  # decode: request -> when its transfer task arrived
+        self.probed_at: dict[str, float] = {}  # decode: prefill group -> last probe
         self.probes: dict[str, tuple[object, float]] = {}  # decode: prefill group -> (probe handle, sent at)
         self.link_state: dict[str, str] = {}  # decode: prefill group -> "ok" / "saturated" / "broken"
         self.last_peer_check = 0.0
@@ -208,9 +211,12 @@ class GroupCore:
         kind = msg[0]
         if kind == "add":  # prefill / colocated: (rid, prompt, sampling, frontend, decode instance or None)
             _, rid, prompt, sp_wire, frontend, decode = msg
+            if rid in self.aborted:  # its abort overtook it
+                return True
             try:
                 sp = SamplingParams.from_wire(sp_wire)
                 self.core.add_request(rid, prompt, sp)
+                self.frontends[rid] = frontend
             except (InvalidRequestError, TypeError, ValueError) as e:
                 self.reject(rid, frontend, f"{REJECTED}{e}")
                 return True
@@ -226,8 +232,7 @@ class GroupCore:
                 sender.start(rid, self.core.export_kv(rid), 0, event)
             except Exception as e:
                 log.warning("%s: cannot send the KV of %s to %s: %s", self.name, rid, decode_group, e)
-                self.core.release_kv(rid)
-                self.parked_since.pop(rid, None)
+                self.release(rid)
                 if sender is not None:  # a 1-byte answer fails that receive at once (size mismatch), and
                     sender.group.isend(torch.zeros(1, dtype=torch.uint8), 0, event)  # keeps the pair in step
         elif kind == "probe":  # prefill: a decode group checks the link with a dummy payload
@@ -236,8 +241,7 @@ class GroupCore:
             if sender is not None:
                 sender.group.isend(torch.zeros(16, dtype=torch.uint8), 0, event)
         elif kind == "release":  # prefill: the decode side will not pull it
-            self.core.release_kv(msg[1])
-            self.parked_since.pop(msg[1], None)
+            self.release(msg[1])
         elif kind == "connect":  # prefill: a decode group forms its pair with us
             from ..xccl import XcclConfig, XcclGroup
 
@@ -248,12 +252,12 @@ class GroupCore:
         elif kind == "abort":
             now = time.monotonic()
             for rid in msg[1]:
-                if self.role == "decode":
-                    self.aborted[rid] = now
+                self.aborted[rid] = now
             aborted = self.core.abort(msg[1])
             for rid in aborted:
                 self.generation.pop(rid, None)
                 self.parked_since.pop(rid, None)
+                self.frontends.pop(rid, None)
             if aborted:
                 self.send_to_output("outputs", [_output_to_wire(EngineOutput(r, (), FinishReason.ABORT)) + [0]
                                                 for r in aborted])
@@ -275,24 +279,36 @@ class GroupCore:
             sp = SamplingParams.from_wire(sp_wire)
             if kv_tokens != len(prompt) + len(out_tokens) - 1:
                 raise InvalidRequestError(f"{kv_tokens} KV tokens for {len(prompt)} prompt and {len(out_tokens)} output tokens")
-            group = self.pairs.get(src)
-            if group is None:
-                raise InvalidRequestError(f"no XCCL pair with prefill group {src}")
+            if src not in self.pairs or self.link_state.get(src) == "dead":
+                raise InvalidRequestError(f"no live XCCL pair with prefill group {src}")
             task = TransferTask(rid, 1, 0, kv_tokens, dtype, KVGeometry(**geometry))
 
             def fetch(caches, block_ids, block_size, n):
+                pair = self.pairs.get(src)  # the current pair (it may have been re-formed meanwhile)
+                if pair is None or self.link_state.get(src) == "dead":
+                    raise RuntimeError(f"no live XCCL pair with prefill group {src}")
                 event = self.next_event(src)
+                pull = XcclPull(pair, TransferTask(**{**task.__dict__, "event_id": event}), caches, block_ids,
+                                block_size)  # the receive is posted before the sender is asked
                 self.out.send(src, "pull", rid, event, self.name)
                 self.pull_started[rid] = time.monotonic()
-                return XcclPull(group, TransferTask(**{**task.__dict__, "event_id": event}), caches, block_ids, block_size)
+                return pull
 
             self.core.add_transferred_request(rid, prompt, out_tokens, sp, fetch)
             self.source[rid] = src
+            self.added_at[rid] = time.monotonic()
         except Exception as e:
             self.out.try_send(src, "release", rid)
             self.reject(rid, frontend, f"{UNAVAILABLE}cannot continue the request on {self.name}: {e}")
             return
         self.register(rid, frontend, sp, prompt + out_tokens, detok_state=detok_state, n_out=len(out_tokens))
+
+    def release(self, rid: str) -> None:
+        """Prefill: free a parked request's blocks and forget it."""
+        self.core.release_kv(rid)
+        self.parked_since.pop(rid, None)
+        self.generation.pop(rid, None)
+        self.frontends.pop(rid, None)
 
     def next_event(self, peer: str) -> int:
         event = self.events[peer] = self.events.get(peer, 0) + 1
@@ -341,12 +357,16 @@ class GroupCore:
                 if dead and self.link_state.get(peer) != "dead":
                     self.link_state[peer] = "dead"
                     self.fail_from(peer, f"prefill group {peer} (pid {pid}) died")
+                elif not dead and self.link_state.get(peer) == "dead":  # its reports resumed
+                    self.link_state[peer] = "ok"
         self.probe_links(now)
 
     def probe_links(self, now: float) -> None:
-        """A pull waiting more than ``PROBE_AFTER_S``: send a 16-byte probe over the same XCCL pair. If it
-        returns, the link works and the decode side is merely saturated (or the transfer large); if not
-        within ``PROBE_TIMEOUT_S``, the link is broken and the peer's requests are failed retriably."""
+        """Saturated or broken? When a peer's requests have waited here more than ``PROBE_AFTER_S`` for
+        blocks and no pull from that peer is in flight (so the pair's queue is empty), send a 16-byte
+        probe over the pair. Back within ``PROBE_TIMEOUT_S``: the link works and the wait is this side's
+        saturation (back-pressure, as intended). Not back: the link is broken, and the requests waiting
+        on that peer are failed retriably (their frontends resume them elsewhere)."""
         for peer, (handle, sent) in list(self.probes.items()):
             if handle.test():
                 del self.probes[peer]
@@ -360,13 +380,20 @@ class GroupCore:
                 del self.probes[peer]
                 self.link_state[peer] = "broken"
                 self.fail_from(peer, f"the KV link to {peer} is broken (probe not back in {PROBE_TIMEOUT_S:.0f} s)")
-        slow = {self.source.get(rid) for rid, t in self.pull_started.items() if now - t > PROBE_AFTER_S}
-        for peer in slow - {None} - set(self.probes):
+        sch = self.core.scheduler
+        pulling = {self.source.get(rid) for rid in sch.receiving}
+        waiting = {self.source.get(req.request_id) for req, _ in sch.awaiting_kv
+                   if now - self.added_at.get(req.request_id, now) > PROBE_AFTER_S}
+        for peer in waiting - pulling - {None} - set(self.probes):
+            if now - self.probed_at.get(peer, 0.0) < PROBE_AFTER_S:
+                continue
             group = self.pairs.get(peer)
             if group is not None:
                 event = self.next_event(peer)
+                handle = group.irecv(torch.empty(16, dtype=torch.uint8), 1, event)
                 self.out.try_send(peer, "probe", event, self.name)
-                self.probes[peer] = (group.irecv(torch.empty(16, dtype=torch.uint8), 1, event), now)
+                self.probes[peer] = (handle, now)
+                self.probed_at[peer] = now
 
     # ---- the loop ------------------------------------------------------------------------------------
     def idle_timeout_ms(self) -> int:
@@ -401,13 +428,16 @@ class GroupCore:
             for rid, err in sender.poll():
                 if err is not None:
                     log.warning("%s: KV send of %s failed: %s", self.name, rid, err)
-                self.core.release_kv(rid)
-                self.parked_since.pop(rid, None)
+                self.release(rid)
         for rid, since in list(self.parked_since.items()):
             if now - since > PARK_TTL_S and not any(rid in s.inflight for s in self.senders.values()):
                 log.warning("%s: nobody pulled %s for %.0f s; freeing its blocks", self.name, rid, PARK_TTL_S)
-                self.core.release_kv(rid)
-                del self.parked_since[rid]
+                frontend = self.frontends.get(rid)
+                self.release(rid)
+                if frontend:  # its frontend resumes it (a late pull gets a short answer and fails)
+                    self.out.try_send(frontend, "outputs", [[rid, "", [], FinishReason.ERROR.value, [], 0, 0, 0,
+                                                             f"{UNAVAILABLE}its KV waited {PARK_TTL_S:.0f} s on "
+                                                             f"{self.name} and was freed", self.name]])
         for rid, since in list(self.aborted.items()):
             if now - since > ABORTED_TTL_S:
                 del self.aborted[rid]
@@ -417,7 +447,7 @@ class GroupCore:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         parent = os.getppid()
-        last_stats = 0.0
+        last_stats = last_published = 0.0
         gc.disable()
         running = True
         while running:
@@ -443,6 +473,7 @@ class GroupCore:
                             self.parked_since[o.request_id] = now
                         if o.finished:
                             self.generation.pop(o.request_id, None)
+                            self.frontends.pop(o.request_id, None)
                     self.send_to_output("outputs", [_output_to_wire(o) + [o.kv_ready_tokens] for o in outs])
                     changed = any(o.finished or o.kv_ready_tokens for o in outs)
                     if self.core.num_steps % GC_EVERY_STEPS == 0:
@@ -456,14 +487,22 @@ class GroupCore:
                     for rid in [r for r in self.pull_started if r not in receiving]:
                         del self.pull_started[rid]
                 if now - self.last_peer_check >= PEER_CHECK_S:
-                    self.check_peers(now)
+                    try:
+                        self.check_peers(now)
+                    except (RuntimeError, OSError) as e:  # the rendezvous store is unreachable: retry later
+                        log.warning("%s: peer check failed: %s", self.name, e)
+                        self.last_peer_check = now
                     for rid in [r for r in self.source if r not in self.core.scheduler.requests]:
                         del self.source[rid]
+                        self.added_at.pop(rid, None)
             if now - last_stats >= (0.02 if changed else HEARTBEAT_S):
                 self.seq += 1
                 load = {**group_load(self.core), "seq": self.seq, "links": self.link_state}
                 self.out.try_send(shell, "stats", self.name, os.getpid(), load)
-                self.registry.set_json(f"load/{self.name}", load)  # for operators and tests
+                if now - last_published >= HEARTBEAT_S:  # for peers on other hosts, operators and tests
+                    last_published = now
+                    with contextlib.suppress(RuntimeError, OSError):
+                        self.registry.set_json(f"load/{self.name}", load)
                 last_stats = now
             if os.getppid() != parent:
                 log.warning("%s: launcher gone; exiting", self.name)
@@ -568,7 +607,7 @@ def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str
                         stopped.append([out_.request_id, st["admission"]])
                         by_frontend[st["frontend"]].append([
                             out_.request_id, "", [], FinishReason.ERROR.value, [], out_.num_prompt_tokens,
-                            st["count"], 0, f"decode instance {decode} is unavailable", name])
+                            st["count"], 0, f"{UNAVAILABLE}decode instance {decode} is unavailable", name])
             for frontend, deltas in by_frontend.items():
                 out.try_send(frontend, "outputs", deltas)
             if stopped:

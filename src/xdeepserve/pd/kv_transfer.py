@@ -148,6 +148,10 @@ class XcclPull:
         """Bytes received, once the rows are in the blocks (waits for the receive; XCCL bounds that
         wait by its deadline and names the prefill rank if it dies)."""
         n = self.handle.wait()
+        expected = self.buf.numel() * self.buf.element_size()
+        if n != expected:  # the prefill side had no rows for it (freed, aborted) and answered short
+            raise KVLayoutError(f"prefill rank {self.task.src_rank} sent {n} bytes for {self.task.request_id}, "
+                                f"expected {expected}: its KV is gone")
         scatter_kv(self.kv_caches, self.block_ids, self.block_size, self.buf)
         return n
 

@@ -236,6 +236,11 @@ def parse_spec(data: Any) -> DeploymentSpec:
     _only(fe, {"count", "port", "host"}, "frontends")
     ex = _mapping(top.get("executors"), "executors")
     _only(ex, {"count", "host"}, "executors")
+    for inst in (*mixed, *(() if mixed else (*_instances(top["prefill"], "prefill", hosts),
+                                               *_instances(top["decode"], "decode", hosts)))):
+        if "max_model_len" in inst.engine:
+            raise SpecError(f"{inst.role}[{inst.index}].engine.max_model_len: every DP group must serve the same "
+                            "max_model_len (a request moves between them); set it in the top-level engine")
     return DeploymentSpec(
         model, hosts, rendezvous, engine,
         port=_int(fe.get("port", 8000), "frontends.port"),
