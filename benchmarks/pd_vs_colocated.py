@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     specs = workload(args.requests, args.seed)
-    console = Console()
+    console = Console(width=120)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="xds-pd-bench-") as tmp:
         for kind in ("colocated", "pd"):

@@ -29,6 +29,9 @@ class EngineConfig:
     mtp: bool | None = None
     # disaggregated prefill-decode: park each request after its first token, KV kept until pulled
     prefill_only: bool = False
+    # CPU threads of this engine process (torch intra-op and the Numba kernels); None: the libraries'
+    # defaults (all cores). Several engines on one host should split the cores (xds launch does).
+    num_threads: int | None = None
     seed: int = 0
 
     @property

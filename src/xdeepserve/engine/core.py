@@ -32,6 +32,19 @@ from .scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
+def set_cpu_threads(n: int) -> None:
+    """Limit this process's compute threads (torch intra-op; Numba's pool, used by the CPU kernels)."""
+    if n < 1:
+        raise ValueError(f"num_threads must be at least 1, got {n}")
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency; the CPU kernel falls back without it
+        pass
+
+
 class KVFetch(Protocol):
     """A KV pull in flight (decode side of disaggregated prefill-decode)."""
 
@@ -60,6 +73,8 @@ class EngineCore:
     def __init__(self, config: EngineConfig, bundle: ModelBundle | None = None) -> None:
         self.config = config
         torch.manual_seed(config.seed)
+        if config.num_threads:
+            set_cpu_threads(config.num_threads)
         max_len = config.max_model_len
         if bundle is None:
             cfg_len = max_len or 4096

@@ -34,6 +34,7 @@ Unknown keys and bad values are refused with the path of the offending key.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,12 @@ class DeploymentSpec:
         return self.model
 
     def engine_config(self, inst: InstanceSpec | None, model_dir: str) -> EngineConfig:
+        """A DP group's engine settings. Unless ``num_threads`` is set, the host's cores are split evenly
+        among the DP groups placed on it (oversubscribed thread pools spin against each other)."""
         opts = {**self.engine, **(inst.engine if inst else {})}
+        if inst is not None and "num_threads" not in opts:
+            groups = sum(i.dp_groups for i in self.instances if i.host == inst.host)
+            opts["num_threads"] = max(1, (os.cpu_count() or 1) // groups)
         return EngineConfig(model=model_dir, prefill_only=inst is not None and inst.role == "prefill", **opts)
 
     def processes(self, host: str | None = None) -> list[tuple[str, str]]:
