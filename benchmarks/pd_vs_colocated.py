@@ -18,7 +18,6 @@ import asyncio
 import random
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import openai
@@ -26,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xdeepserve.api.launch import free_port
-from xdeepserve.bench.client import RequestResult, RequestSpec, _percentile_ms, _send
+from xdeepserve.bench.client import RequestResult, RequestSpec, _percentile_ms, closed_loop
 from xdeepserve.cli import DEMO_MODEL
 from xdeepserve.pd.launch import Deployment
 
@@ -58,20 +57,11 @@ def spec_text(kind: str, port: int) -> str:
 
 async def drive(base_url: str, specs: list[RequestSpec], concurrency: int) -> tuple[list[RequestResult], float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
-    model = (await client.models.list()).data[0].id
-    queue = list(reversed(specs))
-    results: list[RequestResult] = []
-
-    async def worker() -> None:
-        while queue:
-            results.append(await _send(client, model, queue.pop()))
-
-    start = time.perf_counter()
     try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        model = (await client.models.list()).data[0].id
+        return await closed_loop(client, model, specs, concurrency)
     finally:
         await client.close()
-    return results, time.perf_counter() - start
 
 
 def measure(kind: str, specs: list[RequestSpec], concurrency: int, workdir: Path) -> dict:

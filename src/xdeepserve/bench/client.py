@@ -117,6 +117,22 @@ async def _served_model(client: openai.AsyncOpenAI, model: str | None) -> tuple[
     return card.id, extra.get("vocab_size"), extra.get("max_model_len")
 
 
+async def closed_loop(client: openai.AsyncOpenAI, model: str, specs: list[RequestSpec], concurrency: int
+                      ) -> tuple[list[RequestResult], float]:
+    """Send ``specs`` in order from ``concurrency`` streaming clients, each starting its next request when
+    the previous one ends; returns the results and the wall time."""
+    queue = list(reversed(specs))
+    results: list[RequestResult] = []
+
+    async def worker() -> None:
+        while queue:
+            results.append(await _send(client, model, queue.pop()))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(specs)))))
+    return results, time.perf_counter() - start
+
+
 def _percentile_ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1e3) if values else float("nan")
 
@@ -135,16 +151,7 @@ async def run_bench_async(base_url: str, model: str | None, num_requests: int, c
             raise ValueError(f"input ({input_len_range[1]}) + output ({output_len_range[1]}) tokens exceed the "
                              f"server's max_model_len ({max_model_len})")
         specs = make_requests(num_requests, input_len_range, output_len_range, vocab_size, seed)
-        queue = list(reversed(specs))
-        results: list[RequestResult] = []
-
-        async def worker() -> None:
-            while queue:
-                results.append(await _send(client, model, queue.pop()))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, num_requests))))
-        duration_s = time.perf_counter() - start
+        results, duration_s = await closed_loop(client, model, specs, concurrency)
     finally:
         await client.close()
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import zmq
 
-from ..engine.core_proc import unpack
-from .net import DEAD_AFTER_S, HEARTBEAT_S, Outbox, Registry, bind_inbox
+from .net import DEAD_AFTER_S, Outbox, Registry, bind_inbox, serve_inbox
 from .routing import Target, pick_decode, pick_prefill
 from .shell import error_output, merge_stats
 from .spec import DeploymentSpec
@@ -71,35 +69,18 @@ class Executor:
             if target is not None:
                 target.report(summary, now)
 
+    def tick(self, now: float) -> None:
+        prefill, decode = self.alive(self.prefill, now), self.alive(self.decode, now)
+        mixed = self.alive(self.mixed, now)
+        alive = prefill + decode + mixed
+        stats = merge_stats([t.load.get("engine", {}) for t in alive])
+        pids = {g: pid for t in alive for g, pid in t.load.get("pids", {}).items()}
+        ready = bool(mixed) if self.mixed else bool(prefill and decode)
+        for fe in self.frontends:
+            self.out.try_send(fe, "hb", self.name, ready, stats, pids, self.endpoint)
+
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.inbox, zmq.POLLIN)
-        parent = os.getppid()
-        last = 0.0
-        while True:
-            if poller.poll(int(HEARTBEAT_S * 1000)):
-                while True:
-                    try:
-                        data = self.inbox.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    msg = unpack(data)
-                    if msg[0] == "shutdown":
-                        return
-                    self.handle(msg, time.monotonic())
-            now = time.monotonic()
-            if now - last >= HEARTBEAT_S:
-                prefill, decode = self.alive(self.prefill, now), self.alive(self.decode, now)
-                mixed = self.alive(self.mixed, now)
-                alive = prefill + decode + mixed
-                stats = merge_stats([t.load.get("engine", {}) for t in alive])
-                pids = {g: pid for t in alive for g, pid in t.load.get("pids", {}).items()}
-                ready = bool(mixed) if self.mixed else bool(prefill and decode)
-                for fe in self.frontends:
-                    self.out.try_send(fe, "hb", self.name, ready, stats, pids, self.endpoint)
-                last = now
-            if os.getppid() != parent:
-                return
+        serve_inbox(self.inbox, self.handle, self.tick)
 
     def close(self) -> None:
         self.out.close()

@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 
 import torch.distributed as dist
 import zmq
 
-from ..engine.core_proc import pack
+from ..engine.core_proc import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +146,30 @@ class Outbox:
         for _, sock in self.socks.values():
             sock.close(linger=0)
         self.socks.clear()
+
+
+def serve_inbox(inbox: zmq.Socket, handle: Callable[[list, float], None], tick: Callable[[float], None],
+                interval_s: float = HEARTBEAT_S) -> None:
+    """The loop of a control process (TE-shell, job executor): handle every message as it arrives, call
+    ``tick(now)`` every ``interval_s``; return on a ``shutdown`` message or when the launcher is gone."""
+    poller = zmq.Poller()
+    poller.register(inbox, zmq.POLLIN)
+    parent = os.getppid()
+    last = 0.0
+    while True:
+        if poller.poll(int(interval_s * 1000)):
+            while True:
+                try:
+                    data = inbox.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = unpack(data)
+                if msg[0] == "shutdown":
+                    return
+                handle(msg, time.monotonic())
+        now = time.monotonic()
+        if now - last >= interval_s:
+            tick(now)
+            last = now
+        if os.getppid() != parent:
+            return

@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 
 import zmq
 
-from ..engine.core_proc import unpack
 from ..engine.request import FinishReason
 from ..xccl.poll import pid_alive
-from .net import HEARTBEAT_S, UNAVAILABLE, Outbox, Registry, bind_inbox
+from .net import UNAVAILABLE, Outbox, Registry, bind_inbox, serve_inbox
 from .routing import Target, pick_decode, pick_prefill
 from .spec import DeploymentSpec
 
@@ -110,30 +108,13 @@ class Shell:
             for g in self.groups:
                 self.out.try_send(g, "abort", msg[1])
 
+    def tick(self, now: float) -> None:
+        summary = self.summary(now)
+        for ex in self.executors:
+            self.out.try_send(ex, "load", self.inst.name, summary)
+
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.inbox, zmq.POLLIN)
-        parent = os.getppid()
-        last = 0.0
-        while True:
-            if poller.poll(int(HEARTBEAT_S * 1000)):
-                while True:
-                    try:
-                        data = self.inbox.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    msg = unpack(data)
-                    if msg[0] == "shutdown":
-                        return
-                    self.handle(msg, time.monotonic())
-            now = time.monotonic()
-            if now - last >= HEARTBEAT_S:
-                summary = self.summary(now)
-                for ex in self.executors:
-                    self.out.try_send(ex, "load", self.inst.name, summary)
-                last = now
-            if os.getppid() != parent:
-                return
+        serve_inbox(self.inbox, self.handle, self.tick)
 
     def close(self) -> None:
         self.out.close()
