@@ -1,5 +1,5 @@
 """Faults under load in a disaggregated deployment: kill -9 a prefill engine, a decode engine, a job
-executor, a frontend — each while streams are in flight through the official openai client.
+executor, a frontend, a TE-shell — each while streams are in flight through the official openai client.
 
 Every request issued to a live frontend completes with exactly the fault-free greedy output (requests
 held by a dead DP group are resumed elsewhere: prompt + tokens so far are prefilled again), or fails
@@ -119,7 +119,7 @@ def _run_with_fault(dep: Deployment, work, kill_name: str):
 
 def _replacement_ready(store, name: str, killed: dict) -> bool:
     """Whether the replacement of the killed process reported ready (records ``killed["ready_after"]``)."""
-    key = f"ready/{name}"
+    key = f"ready/{name}/shell" if name in ("prefill-0", "prefill-1", "decode-0") else f"ready/{name}"
     if "ready_after" not in killed and store.check([key]) and int(store.get(key)) != killed["pid"]:
         killed["ready_after"] = time.monotonic() - killed["at"]
     return "ready_after" in killed
@@ -163,9 +163,10 @@ def _check(results, work, killed, *, frontend_killed: bool = False) -> dict:
     return {"completed": ok, "failed": failed}
 
 
-@pytest.mark.parametrize("role", ["prefill", "decode", "executor", "frontend"])
+@pytest.mark.parametrize("role", ["prefill", "decode", "executor", "frontend", "shell"])
 def test_kill_9_under_load(dep, work, role):
-    name = {"prefill": "prefill-0.0", "decode": "decode-0.0", "executor": "executor-0", "frontend": "frontend-0"}[role]
+    name = {"prefill": "prefill-0.0", "decode": "decode-0.0", "executor": "executor-0", "frontend": "frontend-0",
+            "shell": "prefill-0"}[role]  # a TE-shell's process is named after its instance
     results, killed = _run_with_fault(dep, work, name)
     counts = _check(results, work, killed, frontend_killed=role == "frontend")
     if role != "frontend":
