@@ -206,3 +206,56 @@ def test_no_capacity_left_fails_fast_with_a_retriable_error(tmp_path):
                                           temperature=0)
             assert err.value.status_code == 503, err.value
             assert time.monotonic() - t0 < 2.0
+
+
+def test_a_hung_prefill_engine_does_not_hang_requests(dep, work):
+    """SIGSTOP (not kill) a prefill engine under load: its pid stays alive, so only timeouts can tell.
+    Its shell stops counting it after its reports go stale, decode groups probe the KV link and fail
+    what waits on it, frontends resume those requests elsewhere: every stream still completes with the
+    fault-free output. SIGCONT afterwards; the group rejoins."""
+    import signal
+
+    results, stopped = _run_with_fault_signal(dep, work, "prefill-1.0", signal.SIGSTOP)
+    try:
+        counts = _check(results, work, stopped)
+        assert counts["failed"] == 0, counts
+        ended = max(t for _, t in results) - stopped["at"]
+        print(f"\nSIGSTOP prefill-1.0: {counts['completed']} completed identically; last stream ended {ended:.1f} s "
+              "after the stop")
+    finally:
+        dep.kill("prefill-1.0", signal.SIGCONT)
+
+
+def _run_with_fault_signal(dep: Deployment, work, name: str, sig: int):
+    w, _ = work
+    progress = [0] * len(w)
+    fault = {}
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=dep.base_url, api_key="unused", max_retries=0, timeout=120)
+
+        async def timed(i, text, m):
+            try:
+                out = await _stream(client, text, m, progress, i)
+            except Exception as e:  # judged by the test
+                out = e
+            return out, time.monotonic()
+
+        async def injector():
+            while sum(p >= 5 for p in progress) < len(w) // 4:
+                await asyncio.sleep(0.01)
+            fault["pid"] = dep.kill(name, sig)
+            fault["at"] = time.monotonic()
+
+        k = asyncio.create_task(injector())
+        try:
+            return await asyncio.gather(*(timed(i, t, m) for i, (t, m) in enumerate(w)))
+        finally:
+            k.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await k
+            await client.close()
+
+    results = asyncio.run(main())
+    assert "at" in fault, "the workload ended before the fault was injected"
+    return results, fault

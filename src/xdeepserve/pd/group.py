@@ -61,7 +61,7 @@ ABORTED_TTL_S = 60.0  # how long a decode group remembers aborted ids (their tra
 PAIR_TIMEOUT_S = 120.0
 KV_TIMEOUT_S = 10.0  # XCCL deadline of one KV transfer
 PEER_CHECK_S = 0.25  # decode: how often the prefill peers' liveness is checked
-PEER_STALE_S = 2.0  # ... a peer on another host whose load reports stop this long counts as dead
+PEER_STALE_S = 3.0  # ... a peer whose load reports stop this long counts as dead (hung or unreachable)
 PROBE_AFTER_S = 1.0  # decode: a pull waiting this long triggers a link probe to its prefill group
 PROBE_TIMEOUT_S = 1.0  # ... which must come back within this
 
@@ -331,9 +331,10 @@ class GroupCore:
                                             for r in victims])
 
     def check_peers(self, now: float) -> None:
-        """Notice a prefill group that died (same host: its pid; another host: its reports stopped) or
-        was replaced (a new pid in the rendezvous) within about ``PEER_CHECK_S``, and probe the links of
-        pulls that take long."""
+        """Notice a prefill group that died (same host: its pid), hung (its load reports stopped for
+        ``PEER_STALE_S``, on any host) or was replaced (a new pid in the rendezvous) within about
+        ``PEER_CHECK_S``: the requests whose KV is there are failed retriably. A hung group that comes
+        back gets a fresh XCCL pair (transfers that timed out may have left the old one out of step)."""
         from ..xccl.poll import pid_alive
 
         self.last_peer_check = now
@@ -346,20 +347,18 @@ class GroupCore:
                         self.fail_from(peer, f"prefill group {peer} was replaced")
                         self.pair_with(peer)
                     continue
-                if inst.host == self.host_id:
-                    dead = not pid_alive(pid)
-                else:
-                    load = self.registry.get_json(f"load/{peer}") or {}
-                    seq, since = self.peer_seen.get(peer, (-1, now))
-                    if load.get("seq") != seq:
-                        self.peer_seen[peer] = (load.get("seq"), now)
-                    dead = now - self.peer_seen[peer][1] > PEER_STALE_S
+                load = self.registry.get_json(f"load/{peer}") or {}
+                seq, since = self.peer_seen.get(peer, (-1, now))
+                if load.get("seq") != seq:
+                    self.peer_seen[peer] = (load.get("seq"), now)
+                stale = now - self.peer_seen[peer][1] > PEER_STALE_S
+                dead = stale or (inst.host == self.host_id and not pid_alive(pid))
                 if dead and self.link_state.get(peer) != "dead":
                     self.link_state[peer] = "dead"
-                    self.fail_from(peer, f"prefill group {peer} (pid {pid}) died")
-                elif not dead and self.link_state.get(peer) == "dead":  # its reports resumed
-                    self.link_state[peer] = "ok"
-        self.probe_links(now)
+                    why = "stopped reporting" if stale and pid_alive(pid) else "died"
+                    self.fail_from(peer, f"prefill group {peer} (pid {pid}) {why}")
+                elif not dead and self.link_state.get(peer) == "dead" and peer not in self.pending_pairs:
+                    self.pair_with(peer)  # it is back: a fresh pair (link state "ok" once formed)
 
     def probe_links(self, now: float) -> None:
         """Saturated or broken? When a peer's requests have waited here more than ``PROBE_AFTER_S`` for
@@ -489,6 +488,7 @@ class GroupCore:
                 if now - self.last_peer_check >= PEER_CHECK_S:
                     try:
                         self.check_peers(now)
+                        self.probe_links(now)
                     except (RuntimeError, OSError) as e:  # the rendezvous store is unreachable: retry later
                         log.warning("%s: peer check failed: %s", self.name, e)
                         self.last_peer_check = now
