@@ -218,3 +218,18 @@ def test_colocated_forms_are_valid_specs(tmp_path):
     assert [name for _, name in spec.processes()] == ["colocated-0.0", "colocated-0.1", "colocated-0", "executor-0",
                                                       "frontend-0", "frontend-1"]
     assert not spec.engine_config(spec.instances[0], "m").prefill_only
+
+
+def test_xds_launch_refuses_a_bad_file_with_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: /nonexistent\nprefill: [{}]\ndecode: [{}]\n")
+    r = subprocess.run([sys.executable, "-m", "xdeepserve.cli", "launch", str(bad)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "model '/nonexistent': no checkpoint there" in r.stderr
+    bad.write_text("prefill: [{}]\ndecode: [{engine: {max_model_len: 64}}]\n")
+    r = subprocess.run([sys.executable, "-m", "xdeepserve.cli", "launch", str(bad)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "decode[0].engine.max_model_len" in r.stderr

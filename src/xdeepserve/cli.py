@@ -125,6 +125,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"xds launch: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a process failed to start (its log tail is in the message)
+        print(f"xds launch: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

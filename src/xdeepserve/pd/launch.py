@@ -60,6 +60,8 @@ class Deployment:
         if host_id is not None and host_id not in self.spec.hosts:
             raise SpecError(f"--host-id {host_id!r}: not a host of {spec_path} ({', '.join(self.spec.hosts)})")
         self.host_id = host_id
+        if any(role in ("group", "frontend") for role, _ in self.spec.processes(host_id)):
+            self.spec.model_dir()  # refused here, by name, rather than in every process's log
         self.rendezvous = rendezvous or self.spec.rendezvous
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="xds-deploy-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
