@@ -126,6 +126,7 @@ def cmd_eval(args) -> int:
         MarlCheckpointError,
         bottleneck_ratio,
         invalid_rate,
+        metric_ratio,
         run_evaluation,
         write_outputs,
     )
@@ -164,6 +165,19 @@ def cmd_eval(args) -> int:
                 print(f"marl vs kmb-bw bottleneck bandwidth ratio (mean): "
                       f"{bottleneck_ratio(df, MARL_METHOD, 'kmb-bw').mean():.3f}")
             print(f"marl vs kmb bottleneck bandwidth ratio (mean): {ratio.mean():.3f}")
+    # the delay- and loss-weighted variants against KMB with the same weighting (kmb: delay, kmb-loss)
+    for method, ref, metric in (("marl-delay", "kmb", "mean_link_delay_ms"), ("marl-loss", "kmb-loss", "mean_link_loss")):
+        if method not in cfg.methods:
+            continue
+        bad, n = invalid_rate(df, method)
+        print(f"{method} checkpoint: {result.extra[f'{method}_checkpoint']}")
+        print(f"{method} invalid/failed trees: {bad}/{n}")
+        if ref in cfg.methods:
+            a = df[(df.method == method) & df.valid][metric].mean()
+            b = df[(df.method == ref) & df.valid][metric].mean()
+            r = metric_ratio(df, method, ref, metric)
+            print(f"{method} vs {ref} {metric}: {a:.4f} vs {b:.4f} (mean of per-request ratios {r.mean():.3f} "
+                  f"over {len(r)} requests)")
     return 0
 
 
@@ -364,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_control)
 
     sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")
-    sp.add_argument("--preset", choices=["tiny", "paper30", "geant"], default="tiny")
+    sp.add_argument("--preset", choices=["tiny", "paper30", "geant", "paper30-delay", "paper30-loss"], default="tiny")
     sp.add_argument("--critic", choices=["central", "local"], help="central = MAPPO (default), local = IPPO")
     sp.add_argument("--source", choices=["offline", "online"], help="replay snapshots or a live simulator")
     sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")

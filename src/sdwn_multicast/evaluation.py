@@ -122,17 +122,26 @@ def build_tree(method: str, topology: MultiDomainTopology, graph: nx.Graph, sour
 
 # ---- the learned method (MA-CDMR agents, issue 8) ----
 MARL_METHOD = "marl"
+#: the learned methods and their objective (``MarlEnvConfig.objective``): ``marl`` is bandwidth-weighted,
+#: ``marl-delay`` / ``marl-loss`` are the delay- and loss-weighted variants (compare with kmb / kmb-loss)
+MARL_METHODS: dict[str, str] = {MARL_METHOD: "bandwidth", "marl-delay": "delay", "marl-loss": "loss"}
 MARL_CHECKPOINTS = Path(__file__).resolve().parent / "marl" / "checkpoints"
 DEFAULT_MARL_CHECKPOINT = MARL_CHECKPOINTS / "paper30"
+
+
+def default_marl_checkpoint(objective: str = "bandwidth") -> Path:
+    """The committed paper30 checkpoint of an objective (``paper30``, ``paper30-delay``, ``paper30-loss``)."""
+    return DEFAULT_MARL_CHECKPOINT if objective == "bandwidth" else MARL_CHECKPOINTS / f"paper30-{objective}"
 
 
 class MarlCheckpointError(ValueError):
     """The ``marl`` method's checkpoint is missing or does not fit the topology (number of domains)."""
 
 
-def committed_checkpoint_for(topology: MultiDomainTopology) -> Path:
-    """The committed checkpoint trained on ``topology`` (by name, e.g. ``paper30``, ``geant-k3``), else the
-    paper30 one: the topology is then held out (never seen in training)."""
+def committed_checkpoint_for(topology: MultiDomainTopology, objective: str = "bandwidth") -> Path:
+    """The committed checkpoint of ``objective`` trained on ``topology`` (by name, e.g. ``paper30``,
+    ``geant-k3``), else the paper30 one of that objective: the topology is then held out (never seen in
+    training)."""
     import json
 
     for d in sorted(MARL_CHECKPOINTS.iterdir()):
@@ -140,10 +149,12 @@ def committed_checkpoint_for(topology: MultiDomainTopology) -> Path:
         if not cfg_path.is_file():
             continue
         cfg = json.loads(cfg_path.read_text())
+        if cfg.get("objective", "bandwidth") != objective:
+            continue
         name = cfg["topology"] if cfg.get("n_domains") is None else f"{cfg['topology']}-k{cfg['n_domains']}"
         if name.lower() == topology.name.lower():
             return d
-    return DEFAULT_MARL_CHECKPOINT
+    return default_marl_checkpoint(objective)
 
 
 class MarlRouter:
@@ -155,7 +166,8 @@ class MarlRouter:
     topology with the domain count it was trained with; the critics are not used here.
     """
 
-    def __init__(self, checkpoint_dir: str | Path | None = None, torch_threads: int | None = 1):
+    def __init__(self, checkpoint_dir: str | Path | None = None, torch_threads: int | None = 1,
+                 objective: str = "bandwidth"):
         import torch
 
         # One decision is ~20 forward passes of MLPs with a few thousand weights: intra-op threads only add
@@ -164,7 +176,8 @@ class MarlRouter:
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         self.fixed = checkpoint_dir is not None
-        self.checkpoint_dir = Path(checkpoint_dir) if self.fixed else DEFAULT_MARL_CHECKPOINT
+        self.objective = objective
+        self.checkpoint_dir = Path(checkpoint_dir) if self.fixed else default_marl_checkpoint(objective)
         self._loaded: dict[Path, tuple] = {}
         self.policy, self.train_config = self._load(self.checkpoint_dir)
         self.n_domains = int(self.policy.n_domains)
@@ -181,7 +194,7 @@ class MarlRouter:
         return self._loaded[path]
 
     def checkpoint_for(self, topology: MultiDomainTopology) -> Path:
-        return self.checkpoint_dir if self.fixed else committed_checkpoint_for(topology)
+        return self.checkpoint_dir if self.fixed else committed_checkpoint_for(topology, self.objective)
 
     def check_topology(self, topology: MultiDomainTopology) -> None:
         path = self.checkpoint_for(topology)
@@ -193,15 +206,15 @@ class MarlRouter:
                 f"with `sdwn-mcast train` and pass its folder as the marl checkpoint)")
 
     def build(self, snapshot: LinkStateSnapshot, source: Node, members: tuple[Node, ...]) -> nx.Graph:
-        from .marl.env import CrossDomainMulticastEnv, InvalidActionError
+        from .marl.env import CrossDomainMulticastEnv, InvalidActionError, MarlEnvConfig
         from .marl.train import run_episode
 
         topo = snapshot.topology
         self.check_topology(topo)
         path = self.checkpoint_for(topo)
         self.served[topo.name] = path
-        policy, _ = self._load(path)
-        env = CrossDomainMulticastEnv(snapshot)
+        policy, cfg = self._load(path)
+        env = CrossDomainMulticastEnv(snapshot, MarlEnvConfig(objective=cfg.objective))
         try:
             _, _, info = run_episode(env, policy, seed=0, greedy=True,
                                      options={"source": source, "members": list(members)})
@@ -213,7 +226,7 @@ class MarlRouter:
 
 
 def _check_method(m: str) -> None:
-    if m != MARL_METHOD:
+    if m not in MARL_METHODS:
         get_method(m[len(COMPOSED_PREFIX):] if m.startswith(COMPOSED_PREFIX) else m)
 
 
@@ -245,7 +258,9 @@ def make_requests(topology: MultiDomainTopology, n_requests: int, seed: int, gro
 def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     for m in config.methods:
         _check_method(m)
-    router = MarlRouter(config.marl_checkpoint) if MARL_METHOD in config.methods else None
+    # config.marl_checkpoint replaces the bandwidth-weighted ``marl`` checkpoint only
+    routers = {m: MarlRouter(config.marl_checkpoint if m == MARL_METHOD else None, objective=obj)
+               for m, obj in MARL_METHODS.items() if m in config.methods}
     t0 = time.perf_counter()
     rows: list[dict] = []
     jobs = []
@@ -253,7 +268,7 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
         # the paper topologies keep their fixed domains; n_domains partitions the others
         k = None if name.lower() in FIXED_TOPOLOGIES else config.n_domains
         topo = load_topology(name, n_domains=k, seed=config.seed)
-        if router is not None:
+        for router in routers.values():
             router.check_topology(topo)
         for req, snap in make_requests(topo, config.n_requests, config.seed + 1000 * ti, config.group_size,
                                        config.steps_between_requests):
@@ -271,8 +286,8 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
                    "n_members": len(req.members), "method": method, "valid": False, "error": ""}
             t = time.perf_counter()
             try:
-                if method == MARL_METHOD:
-                    tree = router.build(snap, req.source, req.members)
+                if method in routers:
+                    tree = routers[method].build(snap, req.source, req.members)
                 else:
                     tree = build_tree(method, topo, graph, req.source, req.members, config.cost_weight,
                                       config.ilp_time_limit_s)
@@ -296,8 +311,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     df["opt_cost"] = opt.reindex(key).to_numpy() if len(opt) else np.nan
     df["cost_ratio"] = df["cost"] / df["opt_cost"]
     extra = {}
-    if router is not None:
-        extra["marl_checkpoint"] = ", ".join(f"{t}: {p}" for t, p in router.served.items()) or str(router.checkpoint_dir)
+    for m, router in routers.items():
+        key = "marl_checkpoint" if m == MARL_METHOD else f"{m}_checkpoint"
+        extra[key] = ", ".join(f"{t}: {p}" for t, p in router.served.items()) or str(router.checkpoint_dir)
     return EvalResult(config=config, rows=df, elapsed_s=time.perf_counter() - t0, extra=extra)
 
 
@@ -306,6 +322,15 @@ def bottleneck_ratio(df: pd.DataFrame, method: str = MARL_METHOD, reference: str
     key = ["topology", "request_id"]
     a = df[(df.method == method) & df.valid].set_index(key)["bottleneck_bw_mbps"]
     b = df[(df.method == reference) & df.valid].set_index(key)["bottleneck_bw_mbps"]
+    both = a.index.intersection(b.index)
+    return (a.loc[both] / b.loc[both]).replace([np.inf, -np.inf], np.nan).dropna()
+
+
+def metric_ratio(df: pd.DataFrame, method: str, reference: str, metric: str) -> pd.Series:
+    """Per request where both built a valid tree: ``method``'s ``metric`` / ``reference``'s (finite only)."""
+    key = ["topology", "request_id"]
+    a = df[(df.method == method) & df.valid].set_index(key)[metric]
+    b = df[(df.method == reference) & df.valid].set_index(key)[metric]
     both = a.index.intersection(b.index)
     return (a.loc[both] / b.loc[both]).replace([np.inf, -np.inf], np.nan).dropna()
 
@@ -440,7 +465,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
 
 QUICK_CONFIG = EvalConfig(topologies=("paper30", "abilene", "geant"), n_requests=30, steps_between_requests=(30, 360))
 
-__all__ = ["DEFAULT_MARL_CHECKPOINT", "MARL_CHECKPOINTS", "committed_checkpoint_for", "DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "MARL_METHOD",
+__all__ = ["DEFAULT_MARL_CHECKPOINT", "MARL_CHECKPOINTS", "committed_checkpoint_for", "DEFAULT_METHODS", "EvalConfig", "EvalRequest", "EvalResult", "MARL_METHOD", "MARL_METHODS", "default_marl_checkpoint", "metric_ratio",
            "METHODS", "METRICS", "QUICK_CONFIG", "MarlCheckpointError", "MarlRouter", "bottleneck_ratio", "build_tree",
            "invalid_rate", "decomposition_gap", "make_requests", "mean_ci95", "run_evaluation", "summary_markdown",
            "tree_metrics", "write_outputs"]

@@ -44,7 +44,10 @@ Reward (shared by all agents, CTDE-friendly): 0 on every step except
       R = B / B_ref - D / D_ref - P / P_ref - length_coef * |T| / |M|
 
   where B is the mean over receivers of the bottleneck free bandwidth on the tree path (Mb/s), D the
-  mean link delay (ms) and P the mean link loss over tree links, |T| the number of tree links;
+  mean link delay (ms) and P the mean link loss over tree links, |T| the number of tree links
+  (``MarlEnvConfig.objective = "bandwidth"``, the default). The delay- and loss-weighted variants score
+  ``R = -D / D_ref - length_coef * |T| / |M|`` (``"delay"``) and ``R = -P / P_ref - length_coef * |T| / |M|``
+  (``"loss"``);
 * ``-failure_penalty`` at the end when no tree was built.
 
 Observations come from a :class:`~sdwn_multicast.simulator.LinkStateSnapshot` — the link state the
@@ -56,6 +59,14 @@ from the domain's entry through the current segment to the node, avoiding the wa
 also what the mask uses). The root sees, per crossing, the widest bottleneck from the parent domain's
 entry to the exit (``exit_bw``), from the new entry to the new domain's local members (``entry_bw``) and
 onwards to needed domains outside the plan (``transit_bw``).
+With ``objective`` ``"delay"`` or ``"loss"`` the bandwidth summaries give way to cost ones (same shapes):
+a link costs its delay (ms) or ``-ln(1 - loss)`` (additive along a path), scaled by ``delay_ref_ms`` or
+``-ln(1 - loss_ref)``, and a cost c is shown as the closeness ``1 / (1 + c)``. The ``seg_bw`` channel then
+holds, per node, the closeness of the cheapest path to the segment avoiding the walk, through the link from
+the walk head for the head's neighbours (what moving there costs); ``exit_bw`` the closeness of the
+cheapest path from the parent entry to the exit plus the crossing link, ``entry_bw`` the mean closeness of
+the new domain's members from the new entry and ``transit_bw`` the best closeness onwards to a needed
+domain outside the plan (:meth:`CrossDomainMulticastEnv.graft_cost_view`, :meth:`crossing_costs`).
 A one-hop scorer cannot see bottlenecks further away; these give it the link state a routing decision
 needs, the way a link-state router runs its own shortest-path computation.
 
@@ -97,6 +108,8 @@ ROOT_CROSSING_EXTRA: tuple[str, ...] = ("touches_plan", "inside_plan", "chosen",
 #: snapshots whose per-snapshot arrays are kept (offline replay revisits the same few snapshots)
 SNAPSHOT_CACHE_SIZE = 128
 ROOT_DOMAIN_CHANNELS: tuple[str, ...] = ("in_plan", "needed", "has_members", "source_domain")
+#: episode reward emphasis (module docstring); "bandwidth" is the original, committed-checkpoint one
+OBJECTIVES: tuple[str, ...] = ("bandwidth", "delay", "loss")
 
 
 class InvalidActionError(ValueError):
@@ -118,6 +131,27 @@ def widest_bottleneck_all_pairs(bw: np.ndarray) -> np.ndarray:
     for k in range(len(w)):
         np.maximum(w, np.minimum(w[:, k:k + 1], w[k:k + 1, :]), out=w)
     return w
+
+
+def cheapest_all_pairs(cost: np.ndarray) -> np.ndarray:
+    """All-pairs cheapest path cost of a symmetric (n, n) additive link-cost matrix (inf = no link).
+
+    Floyd-Warshall over the (min, +) semiring, vectorised per pivot; the diagonal is 0.
+    """
+    w = cost.astype(float, copy=True)
+    np.fill_diagonal(w, 0.0)
+    for k in range(len(w)):
+        np.minimum(w, w[:, k:k + 1] + w[k:k + 1, :], out=w)
+    return w
+
+
+def link_cost(objective: str, delay_ms, loss, config: MarlEnvConfig):
+    """Scaled additive cost of links for a cost objective: delay / delay_ref or -ln(1 - loss) / -ln(1 - loss_ref)."""
+    if objective == "delay":
+        return np.asarray(delay_ms, dtype=float) / config.delay_ref_ms
+    if objective == "loss":
+        return -np.log1p(-np.minimum(np.asarray(loss, dtype=float), 1 - 1e-9)) / -math.log1p(-config.loss_ref)
+    raise ValueError(f"objective {objective!r} has no link cost")
 
 
 class _SnapshotView:
@@ -155,6 +189,19 @@ class _SnapshotView:
                 du, dv = topo.domain_of[u], topo.domain_of[v]
                 self.boundary_out[du].append((env._local[du][u], dv, float(self.inter_bw[k])))
                 self.boundary_out[dv].append((env._local[dv][v], du, float(self.inter_bw[k])))
+        # cost objectives: scaled additive link costs (inf = no up link), cheapest paths, neighbour lists
+        self.cost, self.cheapest, self.nbr_cost, self.inter_cost = [], [], [], None
+        if cfg.objective != "bandwidth":
+            c = link_cost(cfg.objective, snapshot.delay_ms, snapshot.loss, cfg)
+            c = np.where(snapshot.up, c, np.inf)
+            for d in range(topo.n_domains):
+                adj = self.bw[d] > 0
+                cd = np.where(adj, snapshot.domain_dense(np.where(np.isfinite(c), c, 0.0), d), np.inf)
+                self.cost.append(cd)
+                self.cheapest.append(cheapest_all_pairs(cd))
+                self.nbr_cost.append([[(int(j), float(cd[i, j])) for j in np.flatnonzero(row)]
+                                      for i, row in enumerate(adj)])
+            self.inter_cost = np.array([c[topo.edge_index[e]] for e in env._inter])
 
 
 @dataclass(frozen=True)
@@ -170,8 +217,12 @@ class MarlEnvConfig:
     step_budget_factor: int = 4
     #: bandwidth quantum (Mb/s) when choosing which pending terminal to graft next (widest first)
     graft_order_bw_step_mbps: float = 0.5
+    #: reward emphasis and graft summaries: "bandwidth" (default) | "delay" | "loss" (module docstring)
+    objective: str = "bandwidth"
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         lo, hi = self.group_size
         if not 1 <= lo <= hi:
             raise ValueError(f"group_size must satisfy 1 <= min <= max, got {self.group_size}")
@@ -452,8 +503,15 @@ class CrossDomainMulticastEnv(ParallelEnv):
             self.walk[d] = []
             return
         self.walk[d] = []
+        loc = self._local[d]
+        if self.config.objective != "bandwidth":  # cheapest terminal first (Takahashi-Matsuyama)
+            dist, hops = self.graft_cost_view(d)
+            best = min(range(len(self.pending[d])),
+                       key=lambda k: (round(dist[loc[self.pending[d][k]]], 9), hops[loc[self.pending[d][k]]], k))
+            self.walk[d] = [self.pending[d].pop(best)]
+            return
         b, hops = self.graft_view(d)
-        loc, step = self._local[d], self.config.graft_order_bw_step_mbps
+        step = self.config.graft_order_bw_step_mbps
         best = max(range(len(self.pending[d])),
                    key=lambda k: (math.floor(b[loc[self.pending[d][k]]] / step + 1e-9),
                                   -hops[loc[self.pending[d][k]]], -k))
@@ -523,6 +581,60 @@ class CrossDomainMulticastEnv(ParallelEnv):
                         nxt.append(j)
             frontier = nxt
         return np.array(b), np.array(hops, dtype=float)
+
+    def graft_cost_view(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cost-objective graft summary of domain ``d`` per local node: (scaled cost of the cheapest path to
+        the segment avoiding the walk, inf if unreachable; hops to the segment as in :meth:`graft_view`).
+
+        Multi-source Dijkstra from every segment node (cost 0) over the nodes that are neither on the
+        segment nor on the walk.
+        """
+        nbr_cost = self._view.nbr_cost[d]
+        seg_bw = self._seg_bw[d]
+        n = len(seg_bw)
+        blocked = [False] * n
+        for node in self.walk.get(d) or []:
+            blocked[self._local[d][node]] = True
+        seg = np.flatnonzero(seg_bw >= 0).tolist()
+        dist = [math.inf] * n
+        heap = []
+        for i in seg:
+            blocked[i] = True
+            dist[i] = 0.0
+            heap.append((0.0, i))
+        done = [False] * n
+        while heap:
+            c, i = heapq.heappop(heap)
+            if done[i]:
+                continue
+            done[i] = True
+            for j, w in nbr_cost[i]:
+                if not blocked[j] and c + w < dist[j]:
+                    dist[j] = c + w
+                    heapq.heappush(heap, (c + w, j))
+        hops = [math.inf] * n
+        for i in seg:
+            hops[i] = 0
+        frontier, level = seg, 0
+        while frontier:
+            level += 1
+            nxt = []
+            for i in frontier:
+                for j, _ in nbr_cost[i]:
+                    if not blocked[j] and hops[j] > level:
+                        hops[j] = level
+                        nxt.append(j)
+            frontier = nxt
+        return np.array(dist), np.array(hops, dtype=float)
+
+    def _graft_closeness(self, d: int) -> np.ndarray:
+        """Cost objectives, active domain ``d``: per node 1 / (1 + cost to the segment), through the link from
+        the walk head for the head's neighbours (the ``seg_bw`` channel's cost counterpart)."""
+        dist = self._graft[d][0].copy()
+        head = self._local[d][self.walk[d][-1]]
+        for j, w in self._view.nbr_cost[d][head]:
+            dist[j] = dist[j] + w
+        return 1.0 / (1.0 + dist)
 
     def _domain_mask(self, d: int, hops: np.ndarray | None) -> np.ndarray:
         n = len(self._dnodes[d])
@@ -614,6 +726,11 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self.tree = tree
         self.metrics = tree_metrics(self.graph, tree, self.source, self.members, "delay_ms")
         cfg, m = self.config, self.metrics
+        length = cfg.length_coef * m["tree_length"] / len(self.members)
+        if cfg.objective == "delay":
+            return float(-m["mean_link_delay_ms"] / cfg.delay_ref_ms - length)
+        if cfg.objective == "loss":
+            return float(-m["mean_link_loss"] / cfg.loss_ref - length)
         return float(m["bottleneck_bw_mbps"] / cfg.bw_ref_mbps - m["mean_link_delay_ms"] / cfg.delay_ref_ms
                      - m["mean_link_loss"] / cfg.loss_ref - cfg.length_coef * m["tree_length"] / len(self.members))
 
@@ -629,7 +746,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._graft: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for d in range(self.topology.n_domains):
             if self.phase == "intra" and self.walk.get(d):
-                self._graft[d] = self.graft_view(d)
+                self._graft[d] = self.graft_view(d) if self.config.objective == "bandwidth" else self.graft_cost_view(d)
             self._mask[domain_agent(d)] = self._domain_mask(d, self._graft.get(d, (None, None))[1])
 
     def _domain_nodes(self, d: int) -> np.ndarray:
@@ -653,8 +770,14 @@ class CrossDomainMulticastEnv(ParallelEnv):
         graft = self._graft.get(d)
         if graft is not None:
             b, hops = graft
-            out[:, 7] = np.minimum(b, self.config.bw_ref_mbps) / self.config.bw_ref_mbps
+            if self.config.objective == "bandwidth":
+                out[:, 7] = np.minimum(b, self.config.bw_ref_mbps) / self.config.bw_ref_mbps
+            else:
+                out[:, 7] = self._graft_closeness(d)
             out[:, 8] = 1.0 / (1.0 + hops)
+        elif self.config.objective != "bandwidth":  # idle: the segment itself (closeness 1), nothing to graft
+            out[:, 7] = out[:, 0]
+            out[:, 8] = out[:, 0]
         else:  # idle: the segment itself, nothing to graft
             out[:, 7] = np.minimum(np.maximum(seg_bw, 0.0), self.config.bw_ref_mbps) / self.config.bw_ref_mbps
             out[:, 8] = out[:, 0]
@@ -703,6 +826,35 @@ class CrossDomainMulticastEnv(ParallelEnv):
                 transit_bw = max(transit_bw, min(row[x], bw))
         return float(exit_bw), min(entry_bw, 1e9), float(min(transit_bw, 1e9))
 
+    def crossing_costs(self, j: int) -> tuple[float, float, float]:
+        """Cost objectives: (exit, entry, transit) closeness 1 / (1 + scaled cost) of inter-domain link ``j``
+        as the next crossing (zeros if it is not a possible crossing now).
+
+        exit: cheapest path inside the parent domain from its entry to the exit AP plus the crossing link.
+        entry: mean over the new domain's local members of the closeness of the cheapest path from the new
+        entry (0 without members). transit: the best closeness of (cheapest path from the new entry to a
+        boundary AP + an up link from there into a needed domain outside the plan), 0 if none.
+        """
+        cross = self._crossing(j)
+        if cross is None:
+            return 0.0, 0.0, 0.0
+        bp, bc = cross
+        dom, view = self.topology.domain_of, self._view
+        pd, cd = dom[bp], dom[bc]
+        exit_c = view.cheapest[pd][self._local[pd][self.entry[pd]], self._local[pd][bp]] + view.inter_cost[j]
+        row = view.cheapest[cd][self._local[cd][bc]]
+        members = self._member_local[cd]
+        entry = float((1.0 / (1.0 + row[members])).mean()) if len(members) else 0.0
+        transit = 0.0
+        missing = self.needed - set(self.entry) - {cd}
+        for k, (u, v) in enumerate(self._inter):
+            if not np.isfinite(view.inter_cost[k]):
+                continue
+            for x, y in ((u, v), (v, u)):
+                if dom[x] == cd and dom[y] in missing:
+                    transit = max(transit, 1.0 / (1.0 + row[self._local[cd][x]] + view.inter_cost[k]))
+        return float(1.0 / (1.0 + exit_c)), entry, float(transit)
+
     def _root_crossings(self) -> np.ndarray:
         extra = np.zeros((len(self._inter), len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
         in_plan = np.zeros(self.topology.n_domains, dtype=bool)
@@ -713,7 +865,10 @@ class CrossDomainMulticastEnv(ParallelEnv):
         if self.phase == "inter":
             ref = self.config.bw_ref_mbps
             for j in np.flatnonzero(a ^ b):
-                extra[j, 3:] = [min(x, ref) / ref for x in self.crossing_bottlenecks(int(j))]
+                if self.config.objective == "bandwidth":
+                    extra[j, 3:] = [min(x, ref) / ref for x in self.crossing_bottlenecks(int(j))]
+                else:
+                    extra[j, 3:] = self.crossing_costs(int(j))
         return np.concatenate([self._view.inter_features, extra], axis=1)
 
     def _root_domains(self) -> np.ndarray:
@@ -767,3 +922,36 @@ def widest_expert_action(env: CrossDomainMulticastEnv, agent: str, bw_step_mbps:
     seg_bw, hops = env._graft[d]
     bw, delay = env._view.bw[d][head], env._view.links[d][LINK_FIELDS.index("delay_ms"), head]
     return int(max(valid, key=lambda y: (q(min(bw[y], seg_bw[y])), -hops[y], -delay[y], -y)))
+
+
+def cheapest_expert_action(env: CrossDomainMulticastEnv, agent: str) -> int:
+    """The cost objectives' expert (``objective`` "delay" / "loss"): cheapest-path grafting.
+
+    Domain agent: the valid next hop minimising the scaled cost of the link from the head plus the node's
+    cheapest cost to the segment (i.e. maximising the ``seg_bw`` channel's closeness); ties to fewer hops,
+    then the lower index. Grafting the cheapest pending terminal first by its cheapest path is
+    Takahashi-Matsuyama with delay or -ln(1 - loss) as the link weight. Root: the valid crossing maximising
+    exit closeness x max(entry, transit) closeness (:meth:`CrossDomainMulticastEnv.crossing_costs`), ties to
+    the lower link index; a stuck root backtracks.
+    """
+    mask = env._mask[agent]
+    valid = np.flatnonzero(mask[:-1])
+    if not len(valid):
+        return len(mask) - 1
+    if agent == ROOT:
+        def root_key(j: int):
+            exit_c, entry_c, transit_c = env.crossing_costs(j)
+            return round(exit_c * max(entry_c, transit_c), 9), -j
+        return int(max(valid, key=root_key))
+    d = int(agent.removeprefix("domain_"))
+    close = env._graft_closeness(d)
+    hops = env._graft[d][1]
+    return int(max(valid, key=lambda y: (round(close[y], 9), -hops[y], -y)))
+
+
+def expert_action_for(env: CrossDomainMulticastEnv, agent: str) -> int:
+    """The behaviour-cloning teacher for the env's objective: widest-path grafting for "bandwidth",
+    cheapest-path grafting for "delay" and "loss"."""
+    if env.config.objective == "bandwidth":
+        return widest_expert_action(env, agent)
+    return cheapest_expert_action(env, agent)

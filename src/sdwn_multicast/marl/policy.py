@@ -10,6 +10,12 @@ Critics: :class:`CentralCritic` reads the environment's global ``state()`` (CTDE
 view); :class:`LocalCritic` reads one domain agent's own observation (independent PPO, the paper's
 released design, kept as an ablation).
 
+Objectives (``MarlEnvConfig.objective``): for "delay" / "loss" the env's bandwidth summaries hold cost
+closeness values instead (same shapes), so the actors combine them differently: a domain candidate's
+"via" value is its ``seg_bw`` channel itself (the env already adds the link from the head) instead of
+min(link bandwidth, ``seg_bw``), and a crossing's end-to-end value is exit x max(entry, transit) closeness
+instead of the bottleneck. The weights' shapes are the same; the objective is a constructor argument.
+
 Shapes (B = batch): domain observation ``links`` (B, F, n, n), ``nodes`` (B, n, C), ``action_mask``
 (B, n + 1); root observation ``crossings`` (B, L, F + 6), ``domains`` (B, D, 4), ``action_mask`` (B, L + 1).
 """
@@ -49,12 +55,13 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
                          nn.Linear(hidden, n_out))
 
 
-def _node_features(links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+def _node_features(links: torch.Tensor, nodes: torch.Tensor, cost: bool = False) -> torch.Tensor:
     """Per-node inputs (B, n, NODE_FEATURES): own indicators, the link from the walk head to the node,
     mean and max of the node's incident links, the mean indicators of its up neighbours, and what moving
     to the node would give: min(link bandwidth from the head, the node's ``seg_bw``) and ``seg_reach``
     over that link (both 0 for a node that is not the head's neighbour), also relative to the best
-    candidate."""
+    candidate. ``cost``: the cost objectives' ``seg_bw`` channel (a closeness through the head's link) is
+    the via value itself."""
     up = links[:, _UP]                                             # (B, n, n)
     head = nodes[..., _HEAD]                                       # (B, n) one-hot or all zero
     from_head = torch.einsum("bi,bfij->bjf", head, links)         # (B, n, F)
@@ -62,7 +69,10 @@ def _node_features(links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     mean_link = links.sum(-1).transpose(1, 2) / deg                # (B, n, F)
     max_link = links.amax(-1).transpose(1, 2)                      # (B, n, F)
     nbr = torch.bmm(up, nodes) / deg                               # (B, n, C)
-    via_bw = torch.minimum(from_head[..., _BW], nodes[..., _SEG_BW]) * from_head[..., _UP]
+    if cost:
+        via_bw = nodes[..., _SEG_BW] * from_head[..., _UP]
+    else:
+        via_bw = torch.minimum(from_head[..., _BW], nodes[..., _SEG_BW]) * from_head[..., _UP]
     via_reach = nodes[..., _SEG_REACH] * from_head[..., _UP]
     # the same two relative to the best candidate (a neighbour that still reaches the segment): a ranking
     # among next hops is what the actor outputs, and raw values differ little between candidates
@@ -78,21 +88,23 @@ def _node_features(links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 class DomainActor(nn.Module):
     """Intra-domain actor: one score per AP of the domain (next hop) plus a NOOP logit."""
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 64, objective: str = "bandwidth"):
         super().__init__()
+        self.cost = objective != "bandwidth"
         self.scorer = _mlp(NODE_FEATURES, hidden, 1)
         self.noop_logit = nn.Parameter(torch.zeros(1))
 
     def forward(self, links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        scores = self.scorer(_node_features(links, nodes)).squeeze(-1)        # (B, n)
+        scores = self.scorer(_node_features(links, nodes, self.cost)).squeeze(-1)        # (B, n)
         return torch.cat([scores, self.noop_logit.expand(scores.shape[0], 1)], dim=-1)
 
 
 class RootActor(nn.Module):
     """Inter-domain actor: one score per inter-domain link (crossing) plus a NOOP/BACKTRACK logit."""
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 64, objective: str = "bandwidth"):
         super().__init__()
+        self.cost = objective != "bandwidth"
         n_in = len(LINK_FIELDS) + len(ROOT_CROSSING_EXTRA) + len(ROOT_DOMAIN_CHANNELS) + 2
         self.scorer = _mlp(n_in, hidden, 1)
         self.noop_logit = nn.Parameter(torch.zeros(1))
@@ -103,7 +115,10 @@ class RootActor(nn.Module):
         # candidate
         summary = domains.mean(dim=1, keepdim=True).expand(-1, crossings.shape[1], -1)
         onward = torch.maximum(crossings[..., _X_ENTRY], crossings[..., _X_TRANSIT])
-        cross_bw = torch.minimum(torch.minimum(crossings[..., _X_EXIT], crossings[..., _BW]), onward)
+        if self.cost:
+            cross_bw = crossings[..., _X_EXIT] * onward
+        else:
+            cross_bw = torch.minimum(torch.minimum(crossings[..., _X_EXIT], crossings[..., _BW]), onward)
         cand = (crossings[..., _X_TOUCHES] > 0) & (crossings[..., _X_INSIDE] == 0)
         best = cross_bw.masked_fill(~cand, -1.0).amax(-1, keepdim=True).clamp(min=0.0)
         rel = ((cross_bw - best) * _REL_GAIN).masked_fill(~cand, -1.0)
@@ -126,12 +141,13 @@ class CentralCritic(nn.Module):
 class LocalCritic(nn.Module):
     """V(o) from one domain agent's own observation (mean-pooled node features): independent PPO."""
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 64, objective: str = "bandwidth"):
         super().__init__()
+        self.cost = objective != "bandwidth"
         self.net = _mlp(NODE_FEATURES, hidden, 1)
 
     def forward(self, links: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        return self.net(_node_features(links, nodes).mean(dim=1)).squeeze(-1)
+        return self.net(_node_features(links, nodes, self.cost).mean(dim=1)).squeeze(-1)
 
 
 class RootLocalCritic(nn.Module):

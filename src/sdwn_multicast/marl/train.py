@@ -25,8 +25,9 @@ Outputs of :func:`train` in ``out_dir``: ``checkpoint.pt`` (state dicts), ``conf
 (one row per episode) and ``convergence.png``.
 
 Behaviour cloning (``bc_episodes > 0``): before PPO, the actors are warm-started on an expert's moves.
-``TrainConfig.expert``: ``"widest"`` (default) is the bandwidth-aware widest-path grafting of
-:func:`~sdwn_multicast.marl.env.widest_expert_action`; ``"composed-kmb"`` follows the composed-KMB tree
+``TrainConfig.expert``: ``"widest"`` (default) is the objective's own grafting expert
+(:func:`~sdwn_multicast.marl.env.expert_action_for`: widest-path grafting for ``objective="bandwidth"``,
+cheapest-path grafting for ``"delay"`` and ``"loss"``); ``"composed-kmb"`` follows the composed-KMB tree
 (inter-domain plan + delay-weighted KMB inside each domain); the observations summarise bandwidth, not
 delay, towards the segment, so its clone stays well above that expert's cost (docs/sdwn_multicast.md).
 """
@@ -47,7 +48,7 @@ from torch import nn
 
 from ..simulator import LinkStateSimulator, LinkStateSnapshot
 from ..topology import load_topology
-from .env import ROOT, CrossDomainMulticastEnv, widest_expert_action
+from .env import OBJECTIVES, ROOT, CrossDomainMulticastEnv, MarlEnvConfig, expert_action_for
 from .policy import (
     CentralCritic,
     DomainActor,
@@ -98,8 +99,11 @@ class TrainConfig:
     bc_epochs: int = 20                # passes over the expert transitions
     expert: str = "widest"             # behaviour-cloning teacher: "widest" | "composed-kmb"
     init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
+    objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss"
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TrainConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.expert not in EXPERTS:
@@ -141,6 +145,11 @@ PRESETS: dict[str, TrainConfig] = {
                            bc_episodes=1024, bc_epochs=60),
     "geant": TrainConfig(topology="geant", n_domains=3, episodes=800, episodes_per_update=16, n_snapshots=128,
                          bc_episodes=1024, bc_epochs=60),
+    # the delay- and loss-weighted variants (cheapest-path grafting expert, cost summaries)
+    "paper30-delay": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
+                                 bc_episodes=1024, bc_epochs=60, objective="delay"),
+    "paper30-loss": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
+                                bc_episodes=1024, bc_epochs=60, objective="loss"),
 }
 
 
@@ -148,18 +157,20 @@ PRESETS: dict[str, TrainConfig] = {
 class MultiAgentPolicy(nn.Module):
     """All actors and critics of one training run, in one module so one state dict checkpoints them."""
 
-    def __init__(self, n_domains: int, state_dim: int, critic: str = "central", hidden: int = 64):
+    def __init__(self, n_domains: int, state_dim: int, critic: str = "central", hidden: int = 64,
+                 objective: str = "bandwidth"):
         super().__init__()
         if critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {critic!r}")
         self.critic_kind = critic
-        self.root_actor = RootActor(hidden)
-        self.domain_actors = nn.ModuleList(DomainActor(hidden) for _ in range(n_domains))
+        self.objective = objective
+        self.root_actor = RootActor(hidden, objective)
+        self.domain_actors = nn.ModuleList(DomainActor(hidden, objective) for _ in range(n_domains))
         if critic == "central":
             self.central_critic = CentralCritic(state_dim, 2 * hidden)
         else:
             self.root_critic = RootLocalCritic(hidden)
-            self.domain_critics = nn.ModuleList(LocalCritic(hidden) for _ in range(n_domains))
+            self.domain_critics = nn.ModuleList(LocalCritic(hidden, objective) for _ in range(n_domains))
 
     def act(self, agent: str, obs: dict[str, torch.Tensor], action: torch.Tensor | None = None):
         if agent == ROOT:
@@ -223,7 +234,7 @@ def make_env(cfg: TrainConfig) -> tuple[CrossDomainMulticastEnv, OfflineSnapshot
         else:
             source = OfflineSnapshots([OnlineSnapshots(sim, cfg.steps_between).episode_snapshots()[0]
                                        for _ in range(cfg.n_snapshots)])
-    return CrossDomainMulticastEnv(source.episode_snapshots()), source
+    return CrossDomainMulticastEnv(source.episode_snapshots(), MarlEnvConfig(objective=cfg.objective)), source
 
 
 # ---- rollout ----
@@ -331,7 +342,7 @@ def collect_expert_episodes(env: CrossDomainMulticastEnv, source, n_episodes: in
                 if not infos[agent]["active"]:
                     actions[agent] = len(mask) - 1
                     continue
-                a = expert_action(env, agent, mask, tree) if tree is not None else widest_expert_action(env, agent)
+                a = expert_action(env, agent, mask, tree) if tree is not None else expert_action_for(env, agent)
                 if a is None:
                     actions[agent] = int(rng.choice(np.flatnonzero(mask)))
                 else:
@@ -446,7 +457,7 @@ def load_policy(out_dir: str | Path) -> tuple[MultiAgentPolicy, TrainConfig]:
             meta = fh.metadata() or {}
         state = load_file(str(out_dir / SAFETENSORS_NAME))
         n_domains, state_dim = int(meta["n_domains"]), int(meta["state_dim"])
-    policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden)
+    policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden, cfg.objective)
     policy.load_state_dict(state)
     policy.n_domains, policy.state_dim = n_domains, state_dim
     return policy.eval(), cfg
@@ -487,7 +498,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_domains, state_dim = env.topology.n_domains, env.state_space.shape[0]
-    policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden)
+    policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden, cfg.objective)
     if cfg.init_from is not None:
         # offline -> online: start from a pre-trained run's weights (its critic too when the shapes agree)
         init, _ = load_policy(cfg.init_from)
