@@ -206,7 +206,7 @@ class MarlRouter:
                 f"with `sdwn-mcast train` and pass its folder as the marl checkpoint)")
 
     def build(self, snapshot: LinkStateSnapshot, source: Node, members: tuple[Node, ...]) -> nx.Graph:
-        from .marl.env import CrossDomainMulticastEnv, InvalidActionError, MarlEnvConfig
+        from .marl.env import CrossDomainMulticastEnv, InvalidActionError
         from .marl.train import run_episode
 
         topo = snapshot.topology
@@ -214,7 +214,7 @@ class MarlRouter:
         path = self.checkpoint_for(topo)
         self.served[topo.name] = path
         policy, cfg = self._load(path)
-        env = CrossDomainMulticastEnv(snapshot, MarlEnvConfig(objective=cfg.objective))
+        env = CrossDomainMulticastEnv(snapshot, cfg.env_config())
         try:
             _, _, info = run_episode(env, policy, seed=0, greedy=True,
                                      options={"source": source, "members": list(members)})

@@ -165,3 +165,17 @@ def test_eval_marl_delay_and_loss_methods_build_valid_trees():
     for method in ("marl-delay", "marl-loss"):
         s = df[df.method == method]
         assert len(s) == 3 and s.valid.all(), s.error.tolist()
+
+
+def test_cost_offset_shifts_link_costs_and_is_validated():
+    cfg = MarlEnvConfig(objective="delay", cost_offset=0.1, cost_floor=0.02)
+    c = link_cost("delay", np.array([0.5, 2.0, 5.0]), np.zeros(3), cfg)
+    assert c == pytest.approx([0.02, 0.1, 0.4])
+    assert link_cost("delay", np.array([2.0]), np.zeros(1), MarlEnvConfig(objective="delay")) == pytest.approx([0.2])
+    with pytest.raises(ValueError):
+        MarlEnvConfig(objective="delay", cost_offset=-1.0)
+    with pytest.raises(TrainConfigError):
+        TrainConfig(cost_offset=0.1)  # the bandwidth objective has no link cost
+    tc = TrainConfig(objective="loss", cost_offset=0.1)
+    assert tc.env_config() == MarlEnvConfig(objective="loss", cost_offset=0.1)
+    assert TrainConfig().env_config() == MarlEnvConfig()

@@ -61,7 +61,7 @@ entry to the exit (``exit_bw``), from the new entry to the new domain's local me
 onwards to needed domains outside the plan (``transit_bw``).
 With ``objective`` ``"delay"`` or ``"loss"`` the bandwidth summaries give way to cost ones (same shapes):
 a link costs its delay (ms) or ``-ln(1 - loss)`` (additive along a path), scaled by ``delay_ref_ms`` or
-``-ln(1 - loss_ref)``, and a cost c is shown as the closeness ``1 / (1 + c)``. The ``seg_bw`` channel then
+``-ln(1 - loss_ref)`` (minus ``cost_offset``, at least ``cost_floor``), and a cost c is shown as the closeness ``1 / (1 + c)``. The ``seg_bw`` channel then
 holds, per node, the closeness of the cheapest path to the segment avoiding the walk, through the link from
 the walk head for the head's neighbours (what moving there costs); ``exit_bw`` the closeness of the
 cheapest path from the parent entry to the exit plus the crossing link, ``entry_bw`` the mean closeness of
@@ -148,10 +148,14 @@ def cheapest_all_pairs(cost: np.ndarray) -> np.ndarray:
 def link_cost(objective: str, delay_ms, loss, config: MarlEnvConfig):
     """Scaled additive cost of links for a cost objective: delay / delay_ref or -ln(1 - loss) / -ln(1 - loss_ref)."""
     if objective == "delay":
-        return np.asarray(delay_ms, dtype=float) / config.delay_ref_ms
-    if objective == "loss":
-        return -np.log1p(-np.minimum(np.asarray(loss, dtype=float), 1 - 1e-9)) / -math.log1p(-config.loss_ref)
-    raise ValueError(f"objective {objective!r} has no link cost")
+        c = np.asarray(delay_ms, dtype=float) / config.delay_ref_ms
+    elif objective == "loss":
+        c = -np.log1p(-np.minimum(np.asarray(loss, dtype=float), 1 - 1e-9)) / -math.log1p(-config.loss_ref)
+    else:
+        raise ValueError(f"objective {objective!r} has no link cost")
+    if config.cost_offset:
+        c = np.maximum(c - config.cost_offset, config.cost_floor)
+    return c
 
 
 class _SnapshotView:
@@ -219,8 +223,15 @@ class MarlEnvConfig:
     graft_order_bw_step_mbps: float = 0.5
     #: reward emphasis and graft summaries: "bandwidth" (default) | "delay" | "loss" (module docstring)
     objective: str = "bandwidth"
+    #: cost objectives: the graft summaries and expert use max(scaled link cost - cost_offset, cost_floor), so
+    #: paths of several cheap links beat one expensive link (the reward's D and P are means over tree links,
+    #: which a pure sum-of-costs expert does not minimise); 0 = plain additive cost. The reward is unchanged.
+    cost_offset: float = 0.0
+    cost_floor: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.cost_offset < 0 or self.cost_floor <= 0:
+            raise ValueError("cost_offset must be non-negative and cost_floor positive")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         lo, hi = self.group_size

@@ -23,7 +23,7 @@ import torch
 from ..simulator import LinkStateSnapshot
 from ..topology import MultiDomainTopology, Node
 from ..trees import CrossDomainPlan, DecompositionError, MulticastError
-from .env import ROOT, CrossDomainMulticastEnv, MarlEnvConfig, domain_agent
+from .env import ROOT, CrossDomainMulticastEnv, domain_agent
 from .policy import obs_to_tensors
 from .train import load_policy
 
@@ -70,7 +70,7 @@ class RootAgent:
     def plan(self, snapshot: LinkStateSnapshot, source: Node, members) -> CrossDomainPlan:
         """The root actor's inter-domain plan, in the contract of :func:`~sdwn_multicast.trees.plan_inter_domain`
         (crossings per entered domain, entries, each domain's terminals with the entry first)."""
-        env = CrossDomainMulticastEnv(snapshot, MarlEnvConfig(objective=self.policy.objective))
+        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
         obs, _ = env.reset(seed=0, options={"source": source, "members": list(members)})
         while env.phase == "inter" and env.agents:
             actions = {a: len(obs[a]["action_mask"]) - 1 for a in env.agents}
@@ -102,7 +102,7 @@ class DomainAgent:
         seg.add_node(entry)
         if not rest:
             return seg
-        env = CrossDomainMulticastEnv(snapshot, MarlEnvConfig(objective=self.policy.objective))
+        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
         obs, infos = env.reset(seed=0, options={"source": entry, "members": rest})
         me = domain_agent(self.domain)
         while env.agents:

@@ -100,10 +100,17 @@ class TrainConfig:
     expert: str = "widest"             # behaviour-cloning teacher: "widest" | "composed-kmb"
     init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
     objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss"
+    cost_offset: float = 0.0           # cost objectives: MarlEnvConfig.cost_offset (summaries and expert)
+
+    def env_config(self) -> MarlEnvConfig:
+        """The environment configuration this run trains (and its checkpoint is served) with."""
+        return MarlEnvConfig(objective=self.objective, cost_offset=self.cost_offset)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise TrainConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.cost_offset < 0 or (self.cost_offset and self.objective == "bandwidth"):
+            raise TrainConfigError("cost_offset must be non-negative and is only used by the delay / loss objectives")
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.expert not in EXPERTS:
@@ -147,9 +154,9 @@ PRESETS: dict[str, TrainConfig] = {
                          bc_episodes=1024, bc_epochs=60),
     # the delay- and loss-weighted variants (cheapest-path grafting expert, cost summaries)
     "paper30-delay": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                                 bc_episodes=1024, bc_epochs=60, objective="delay"),
+                                 bc_episodes=1024, bc_epochs=60, objective="delay", cost_offset=0.1),
     "paper30-loss": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                                bc_episodes=1024, bc_epochs=60, objective="loss"),
+                                bc_episodes=1024, bc_epochs=60, objective="loss", cost_offset=0.1),
 }
 
 
@@ -234,7 +241,7 @@ def make_env(cfg: TrainConfig) -> tuple[CrossDomainMulticastEnv, OfflineSnapshot
         else:
             source = OfflineSnapshots([OnlineSnapshots(sim, cfg.steps_between).episode_snapshots()[0]
                                        for _ in range(cfg.n_snapshots)])
-    return CrossDomainMulticastEnv(source.episode_snapshots(), MarlEnvConfig(objective=cfg.objective)), source
+    return CrossDomainMulticastEnv(source.episode_snapshots(), cfg.env_config()), source
 
 
 # ---- rollout ----
@@ -460,6 +467,7 @@ def load_policy(out_dir: str | Path) -> tuple[MultiAgentPolicy, TrainConfig]:
     policy = MultiAgentPolicy(n_domains, state_dim, cfg.critic, cfg.hidden, cfg.objective)
     policy.load_state_dict(state)
     policy.n_domains, policy.state_dim = n_domains, state_dim
+    policy.env_config = cfg.env_config()
     return policy.eval(), cfg
 
 
