@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PARK_TTL_S = 30.0  # a parked request nobody pulled for this long has its blocks freed
 ABORTED_TTL_S = 60.0  # how long a decode group remembers aborted ids (their transfer may still arrive)
+ORPHAN_CHECK_S = 1.0  # output process: how often it looks for requests whose frontend was replaced
 PAIR_TIMEOUT_S = 120.0
 KV_TIMEOUT_S = 10.0  # XCCL deadline of one KV transfer
 PEER_CHECK_S = 0.25  # decode: how often the prefill peers' liveness is checked
@@ -558,9 +559,20 @@ def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str
     to_core.connect(core_endpoint)
     to_core.send(pack("output_ready"))
     states: dict[str, dict] = {}
+    last_check = time.monotonic()
     try:
         while True:
-            if not inp.poll(1000):
+            now = time.monotonic()
+            if now - last_check >= ORPHAN_CHECK_S:  # a frontend was replaced: its clients are gone
+                last_check = now
+                orphans = [[rid, st["admission"]] for rid, st in states.items()
+                           if st["endpoint"] and out.current(st["frontend"]) not in (None, st["endpoint"])]
+                if orphans:
+                    log.warning("%s: %d requests of replaced frontends stopped", name, len(orphans))
+                    for rid, _ in orphans:
+                        del states[rid]
+                    to_core.send(pack("stop", orphans))
+            if not inp.poll(int(ORPHAN_CHECK_S * 1000)):
                 if os.getppid() != parent:
                     return
                 continue
@@ -572,7 +584,7 @@ def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str
                 detok = (IncrementalDetokenizer.resume(tokenizer, detok_state) if detok_state
                          else IncrementalDetokenizer(tokenizer, tail, tuple(stop), include))
                 states[rid] = {"detok": detok, "count": n_out, "admission": admission, "frontend": frontend,
-                               "handoff": handoff, "ids": []}
+                               "handoff": handoff, "ids": [], "endpoint": out.current(frontend)}
                 continue
             by_frontend: dict[str, list] = {}
             stopped = []

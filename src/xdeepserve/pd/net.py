@@ -138,9 +138,13 @@ class Outbox:
         if name in self.socks:
             self._socket(name, refresh=True)
 
-    def endpoint(self, name: str) -> str | None:
-        cached = self.socks.get(name)
-        return cached[0] if cached else None
+    def current(self, name: str) -> str | None:
+        """The endpoint ``name`` has now (re-read at most every ``REFRESH_S``); None if unregistered."""
+        try:
+            self._socket(name)
+        except PeerUnavailable:
+            return None
+        return self.socks[name][0]
 
     def close(self) -> None:
         for _, sock in self.socks.values():
