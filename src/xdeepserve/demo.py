@@ -79,8 +79,9 @@ async def _run(base_url: str, console: Console) -> int:
         table.add_row(q, text.strip(), expected, "✓" if ok else "✗", f"{ttft * 1e3:.0f}", str(n))
     console.print(table)
     console.print(f"{correct}/{len(questions)} correct\n")
+    await asyncio.sleep(1.0)  # engine statistics reach a PD frontend with the executors' heartbeats
     metrics = httpx.get(f"{base_url}/metrics", timeout=5).text
-    summary = Table(title="/metrics summary")
+    summary = Table(title="/metrics summary (request counters: the frontend that answered the scrape)")
     summary.add_column("metric")
     summary.add_column("value")
     for name in ("xds_prompt_tokens_total", "xds_generation_tokens_total", "xds_time_to_first_token_seconds_sum",
