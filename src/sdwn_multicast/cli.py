@@ -178,6 +178,22 @@ def cmd_eval(args) -> int:
             r = metric_ratio(df, method, ref, metric)
             print(f"{method} vs {ref} {metric}: {a:.4f} vs {b:.4f} (mean of per-request ratios {r.mean():.3f} "
                   f"over {len(r)} requests)")
+    # the cost-minimising variant against the exact optimum (ILP) and KMB on the same requests
+    if "marl-cost" in cfg.methods:
+        bad, n = invalid_rate(df, "marl-cost")
+        print(f"marl-cost checkpoint: {result.extra['marl-cost_checkpoint']}")
+        print(f"marl-cost invalid/failed trees: {bad}/{n}")
+        key = ["topology", "request_id"]
+        mc = df[(df.method == "marl-cost") & df.valid].set_index(key)["cost_ratio"].dropna()
+        if len(mc):
+            line = (f"marl-cost cost ratio to optimum ({cfg.cost_weight}): mean {mc.mean():.3f}, "
+                    f"worst {mc.max():.3f} over {len(mc)} requests")
+            if "kmb" in cfg.methods:
+                km = df[(df.method == "kmb") & df.valid].set_index(key)["cost_ratio"].dropna()
+                both = mc.index.intersection(km.index)
+                line += (f"; kmb on the same requests: mean {km.loc[both].mean():.3f}, "
+                         f"worst {km.loc[both].max():.3f}")
+            print(line)
     return 0
 
 
@@ -378,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_control)
 
     sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")
-    sp.add_argument("--preset", choices=["tiny", "paper30", "geant", "paper30-delay", "paper30-loss"], default="tiny")
+    sp.add_argument("--preset", choices=["tiny", "paper30", "geant", "paper30-delay", "paper30-loss", "paper30-cost"], default="tiny")
     sp.add_argument("--critic", choices=["central", "local"], help="central = MAPPO (default), local = IPPO")
     sp.add_argument("--source", choices=["offline", "online"], help="replay snapshots or a live simulator")
     sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")

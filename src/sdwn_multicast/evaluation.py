@@ -123,8 +123,10 @@ def build_tree(method: str, topology: MultiDomainTopology, graph: nx.Graph, sour
 # ---- the learned method (MA-CDMR agents, issue 8) ----
 MARL_METHOD = "marl"
 #: the learned methods and their objective (``MarlEnvConfig.objective``): ``marl`` is bandwidth-weighted,
-#: ``marl-delay`` / ``marl-loss`` are the delay- and loss-weighted variants (compare with kmb / kmb-loss)
-MARL_METHODS: dict[str, str] = {MARL_METHOD: "bandwidth", "marl-delay": "delay", "marl-loss": "loss"}
+#: ``marl-delay`` / ``marl-loss`` are the delay- and loss-weighted variants (compare with kmb / kmb-loss),
+#: ``marl-cost`` minimises the tree cost (sum of link delays) the exact ILP minimises (compare with ilp)
+MARL_METHODS: dict[str, str] = {MARL_METHOD: "bandwidth", "marl-delay": "delay", "marl-loss": "loss",
+                                 "marl-cost": "cost"}
 MARL_CHECKPOINTS = Path(__file__).resolve().parent / "marl" / "checkpoints"
 DEFAULT_MARL_CHECKPOINT = MARL_CHECKPOINTS / "paper30"
 

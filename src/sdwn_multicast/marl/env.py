@@ -47,7 +47,9 @@ Reward (shared by all agents, CTDE-friendly): 0 on every step except
   mean link delay (ms) and P the mean link loss over tree links, |T| the number of tree links
   (``MarlEnvConfig.objective = "bandwidth"``, the default). The delay- and loss-weighted variants score
   ``R = -D / D_ref - length_coef * |T| / |M|`` (``"delay"``) and ``R = -P / P_ref - length_coef * |T| / |M|``
-  (``"loss"``);
+  (``"loss"``). The cost-minimising variant (``"cost"``) scores ``R = -C / (D_ref * |M|)`` with C the
+  tree cost the exact ILP baseline minimises, the sum of link delays (ms) over tree links (the evaluation's
+  default ``cost_weight``, ``delay_ms``); no length term, since C already sums over the links;
 * ``-failure_penalty`` at the end when no tree was built.
 
 Observations come from a :class:`~sdwn_multicast.simulator.LinkStateSnapshot` — the link state the
@@ -59,7 +61,7 @@ from the domain's entry through the current segment to the node, avoiding the wa
 also what the mask uses). The root sees, per crossing, the widest bottleneck from the parent domain's
 entry to the exit (``exit_bw``), from the new entry to the new domain's local members (``entry_bw``) and
 onwards to needed domains outside the plan (``transit_bw``).
-With ``objective`` ``"delay"`` or ``"loss"`` the bandwidth summaries give way to cost ones (same shapes):
+With ``objective`` ``"delay"``, ``"loss"`` or ``"cost"`` (link cost: delay, as for ``"delay"``) the bandwidth summaries give way to cost ones (same shapes):
 a link costs its delay (ms) or ``-ln(1 - loss)`` (additive along a path), scaled by ``delay_ref_ms`` or
 ``-ln(1 - loss_ref)`` (minus ``cost_offset``, at least ``cost_floor``), and a cost c is shown as the closeness ``1 / (1 + c)``. The ``seg_bw`` channel then
 holds, per node, the closeness of the cheapest path to the segment avoiding the walk, through the link from
@@ -109,7 +111,7 @@ ROOT_CROSSING_EXTRA: tuple[str, ...] = ("touches_plan", "inside_plan", "chosen",
 SNAPSHOT_CACHE_SIZE = 128
 ROOT_DOMAIN_CHANNELS: tuple[str, ...] = ("in_plan", "needed", "has_members", "source_domain")
 #: episode reward emphasis (module docstring); "bandwidth" is the original, committed-checkpoint one
-OBJECTIVES: tuple[str, ...] = ("bandwidth", "delay", "loss")
+OBJECTIVES: tuple[str, ...] = ("bandwidth", "delay", "loss", "cost")
 
 
 class InvalidActionError(ValueError):
@@ -146,8 +148,8 @@ def cheapest_all_pairs(cost: np.ndarray) -> np.ndarray:
 
 
 def link_cost(objective: str, delay_ms, loss, config: MarlEnvConfig):
-    """Scaled additive cost of links for a cost objective: delay / delay_ref or -ln(1 - loss) / -ln(1 - loss_ref)."""
-    if objective == "delay":
+    """Scaled additive cost of links for a cost objective: delay / delay_ref ("delay", "cost") or -ln(1 - loss) / -ln(1 - loss_ref)."""
+    if objective in ("delay", "cost"):  # "cost": the ILP's delay_ms weight, scaled
         c = np.asarray(delay_ms, dtype=float) / config.delay_ref_ms
     elif objective == "loss":
         c = -np.log1p(-np.minimum(np.asarray(loss, dtype=float), 1 - 1e-9)) / -math.log1p(-config.loss_ref)
@@ -221,7 +223,7 @@ class MarlEnvConfig:
     step_budget_factor: int = 4
     #: bandwidth quantum (Mb/s) when choosing which pending terminal to graft next (widest first)
     graft_order_bw_step_mbps: float = 0.5
-    #: reward emphasis and graft summaries: "bandwidth" (default) | "delay" | "loss" (module docstring)
+    #: reward emphasis and graft summaries: "bandwidth" (default) | "delay" | "loss" | "cost" (module docstring)
     objective: str = "bandwidth"
     #: cost objectives: the graft summaries and expert use max(scaled link cost - cost_offset, cost_floor), so
     #: paths of several cheap links beat one expensive link (the reward's D and P are means over tree links,
@@ -737,6 +739,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self.tree = tree
         self.metrics = tree_metrics(self.graph, tree, self.source, self.members, "delay_ms")
         cfg, m = self.config, self.metrics
+        if cfg.objective == "cost":  # minus the ILP's objective (sum of link delays), per receiver
+            return float(-m["cost"] / (cfg.delay_ref_ms * len(self.members)))
         length = cfg.length_coef * m["tree_length"] / len(self.members)
         if cfg.objective == "delay":
             return float(-m["mean_link_delay_ms"] / cfg.delay_ref_ms - length)
@@ -841,7 +845,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         """Cost objectives: (exit, entry, transit) closeness 1 / (1 + scaled cost) of inter-domain link ``j``
         as the next crossing (zeros if it is not a possible crossing now).
 
-        exit: cheapest path inside the parent domain from its entry to the exit AP plus the crossing link.
+        exit: cheapest path inside the parent domain from its entry to the exit AP plus the crossing link
+        (``objective`` "cost": from the nearest of its entry, its members and the exits already planned in it).
         entry: mean over the new domain's local members of the closeness of the cheapest path from the new
         entry (0 without members). transit: the best closeness of (cheapest path from the new entry to a
         boundary AP + an up link from there into a needed domain outside the plan), 0 if none.
@@ -852,7 +857,15 @@ class CrossDomainMulticastEnv(ParallelEnv):
         bp, bc = cross
         dom, view = self.topology.domain_of, self._view
         pd, cd = dom[bp], dom[bc]
-        exit_c = view.cheapest[pd][self._local[pd][self.entry[pd]], self._local[pd][bp]] + view.inter_cost[j]
+        loc = self._local[pd]
+        if self.config.objective == "cost":
+            # Takahashi-Matsuyama at the root: the exit attaches to the nearest node the parent domain's tree
+            # will hold (its entry, its members, exits already planned there), not to the entry only
+            anchors = [loc[self.entry[pd]], *self._member_local[pd],
+                       *(loc[x] for _, x, _ in self.plan if dom[x] == pd)]
+            exit_c = min(view.cheapest[pd][a, loc[bp]] for a in anchors) + view.inter_cost[j]
+        else:
+            exit_c = view.cheapest[pd][loc[self.entry[pd]], loc[bp]] + view.inter_cost[j]
         row = view.cheapest[cd][self._local[cd][bc]]
         members = self._member_local[cd]
         entry = float((1.0 / (1.0 + row[members])).mean()) if len(members) else 0.0
@@ -936,12 +949,13 @@ def widest_expert_action(env: CrossDomainMulticastEnv, agent: str, bw_step_mbps:
 
 
 def cheapest_expert_action(env: CrossDomainMulticastEnv, agent: str) -> int:
-    """The cost objectives' expert (``objective`` "delay" / "loss"): cheapest-path grafting.
+    """The cost objectives' expert (``objective`` "delay" / "loss" / "cost"): cheapest-path grafting.
 
     Domain agent: the valid next hop minimising the scaled cost of the link from the head plus the node's
     cheapest cost to the segment (i.e. maximising the ``seg_bw`` channel's closeness); ties to fewer hops,
     then the lower index. Grafting the cheapest pending terminal first by its cheapest path is
-    Takahashi-Matsuyama with delay or -ln(1 - loss) as the link weight. Root: the valid crossing maximising
+    Takahashi-Matsuyama with delay or -ln(1 - loss) as the link weight (exactly so with ``cost_offset`` 0,
+    as for "cost", inside the "each domain entered once" decomposition). Root: the valid crossing maximising
     exit closeness x max(entry, transit) closeness (:meth:`CrossDomainMulticastEnv.crossing_costs`), ties to
     the lower link index; a stuck root backtracks.
     """
@@ -962,7 +976,7 @@ def cheapest_expert_action(env: CrossDomainMulticastEnv, agent: str) -> int:
 
 def expert_action_for(env: CrossDomainMulticastEnv, agent: str) -> int:
     """The behaviour-cloning teacher for the env's objective: widest-path grafting for "bandwidth",
-    cheapest-path grafting for "delay" and "loss"."""
+    cheapest-path grafting for "delay", "loss" and "cost"."""
     if env.config.objective == "bandwidth":
         return widest_expert_action(env, agent)
     return cheapest_expert_action(env, agent)

@@ -27,7 +27,7 @@ Outputs of :func:`train` in ``out_dir``: ``checkpoint.pt`` (state dicts), ``conf
 Behaviour cloning (``bc_episodes > 0``): before PPO, the actors are warm-started on an expert's moves.
 ``TrainConfig.expert``: ``"widest"`` (default) is the objective's own grafting expert
 (:func:`~sdwn_multicast.marl.env.expert_action_for`: widest-path grafting for ``objective="bandwidth"``,
-cheapest-path grafting for ``"delay"`` and ``"loss"``); ``"composed-kmb"`` follows the composed-KMB tree
+cheapest-path grafting for ``"delay"``, ``"loss"`` and ``"cost"``); ``"composed-kmb"`` follows the composed-KMB tree
 (inter-domain plan + delay-weighted KMB inside each domain); the observations summarise bandwidth, not
 delay, towards the segment, so its clone stays well above that expert's cost (docs/sdwn_multicast.md).
 """
@@ -99,7 +99,7 @@ class TrainConfig:
     bc_epochs: int = 20                # passes over the expert transitions
     expert: str = "widest"             # behaviour-cloning teacher: "widest" | "composed-kmb"
     init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
-    objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss"
+    objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss" | "cost"
     cost_offset: float = 0.0           # cost objectives: MarlEnvConfig.cost_offset (summaries and expert)
 
     def env_config(self) -> MarlEnvConfig:
@@ -111,6 +111,8 @@ class TrainConfig:
             raise TrainConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.cost_offset < 0 or (self.cost_offset and self.objective == "bandwidth"):
             raise TrainConfigError("cost_offset must be non-negative and is only used by the delay / loss objectives")
+        if self.cost_offset and self.objective == "cost":
+            raise TrainConfigError("the cost objective grafts by the plain link cost (cost_offset 0, Takahashi-Matsuyama)")
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.expert not in EXPERTS:
@@ -157,6 +159,9 @@ PRESETS: dict[str, TrainConfig] = {
                                  bc_episodes=1024, bc_epochs=60, objective="delay", cost_offset=0.1),
     "paper30-loss": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
                                 bc_episodes=1024, bc_epochs=60, objective="loss", cost_offset=0.1),
+    # cost-minimising: reward -tree cost (the ILP's objective), pure Takahashi-Matsuyama expert (offset 0)
+    "paper30-cost": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
+                                bc_episodes=1024, bc_epochs=60, objective="cost"),
 }
 
 
