@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime
 import random
+import signal
 import textwrap
 import time
 
@@ -76,12 +77,14 @@ async def _stream(client, text: str, max_tokens: int, progress: list[int], i: in
     return "".join(parts)
 
 
-def _run_with_fault(dep: Deployment, work, kill_name: str):
-    """Run the workload; once half the streams are under way, kill -9 ``kill_name``. Returns the results
-    (text or exception, with when it ended) and the kill time."""
+def _run_with_fault(dep: Deployment, work, name: str, sig: int = signal.SIGKILL, after: float = 0.5,
+                    wait_replacement: bool = True):
+    """Run the workload; once ``after`` of the streams have 5 chunks, send ``sig`` to ``name``. Returns the
+    results (text or exception, with when it ended) and the fault record (pid, time; with
+    ``wait_replacement``, also when the replacement reported ready)."""
     w, _ = work
     progress = [0] * len(w)
-    killed = {}
+    fault = {}
 
     async def main():
         client = openai.AsyncOpenAI(base_url=dep.base_url, api_key="unused", max_retries=0, timeout=120)
@@ -93,17 +96,16 @@ def _run_with_fault(dep: Deployment, work, kill_name: str):
                 out = e
             return out, time.monotonic()
 
-        async def killer():
-            while sum(p >= 5 for p in progress) < len(w) // 2:
+        async def injector():
+            while sum(p >= 5 for p in progress) < len(w) * after:
                 await asyncio.sleep(0.01)
-            killed["pid"] = dep.kill(kill_name)
-            killed["at"] = time.monotonic()
-            while not _replacement_ready(store, kill_name, killed):
+            fault["pid"] = dep.kill(name, sig)
+            fault["at"] = time.monotonic()
+            while wait_replacement and not _replacement_ready(store, name, fault):
                 await asyncio.sleep(0.05)
 
         store = _store(dep)
-
-        k = asyncio.create_task(killer())
+        k = asyncio.create_task(injector())
         try:
             return await asyncio.gather(*(timed(i, t, m) for i, (t, m) in enumerate(w)))
         finally:
@@ -113,8 +115,8 @@ def _run_with_fault(dep: Deployment, work, kill_name: str):
             await client.close()
 
     results = asyncio.run(main())
-    assert "at" in killed, "the workload ended before the fault was injected"
-    return results, killed
+    assert "at" in fault, "the workload ended before the fault was injected"
+    return results, fault
 
 
 def _replacement_ready(store, name: str, killed: dict) -> bool:
@@ -213,9 +215,7 @@ def test_a_hung_prefill_engine_does_not_hang_requests(dep, work):
     Its shell stops counting it after its reports go stale, decode groups probe the KV link and fail
     what waits on it, frontends resume those requests elsewhere: every stream still completes with the
     fault-free output. SIGCONT afterwards; the group rejoins."""
-    import signal
-
-    results, stopped = _run_with_fault_signal(dep, work, "prefill-1.0", signal.SIGSTOP)
+    results, stopped = _run_with_fault(dep, work, "prefill-1.0", signal.SIGSTOP, after=0.25, wait_replacement=False)
     try:
         counts = _check(results, work, stopped)
         assert counts["failed"] == 0, counts
@@ -224,38 +224,3 @@ def test_a_hung_prefill_engine_does_not_hang_requests(dep, work):
               "after the stop")
     finally:
         dep.kill("prefill-1.0", signal.SIGCONT)
-
-
-def _run_with_fault_signal(dep: Deployment, work, name: str, sig: int):
-    w, _ = work
-    progress = [0] * len(w)
-    fault = {}
-
-    async def main():
-        client = openai.AsyncOpenAI(base_url=dep.base_url, api_key="unused", max_retries=0, timeout=120)
-
-        async def timed(i, text, m):
-            try:
-                out = await _stream(client, text, m, progress, i)
-            except Exception as e:  # judged by the test
-                out = e
-            return out, time.monotonic()
-
-        async def injector():
-            while sum(p >= 5 for p in progress) < len(w) // 4:
-                await asyncio.sleep(0.01)
-            fault["pid"] = dep.kill(name, sig)
-            fault["at"] = time.monotonic()
-
-        k = asyncio.create_task(injector())
-        try:
-            return await asyncio.gather(*(timed(i, t, m) for i, (t, m) in enumerate(w)))
-        finally:
-            k.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await k
-            await client.close()
-
-    results = asyncio.run(main())
-    assert "at" in fault, "the workload ended before the fault was injected"
-    return results, fault

@@ -16,22 +16,12 @@ from sdwn_multicast.evaluation import (
     run_evaluation,
 )
 from sdwn_multicast.marl import CrossDomainMulticastEnv, MarlEnvConfig
-from sdwn_multicast.marl.env import OBJECTIVES, ROOT, expert_action_for, link_cost
+from sdwn_multicast.marl.env import OBJECTIVES, link_cost
 from sdwn_multicast.marl.train import PRESETS, TrainConfig, TrainConfigError
 from sdwn_multicast.topology import paper_topology
 from sdwn_multicast.trees import tree_cost, validate_tree
 
-
-def _expert_episode(env, options):
-    obs, infos = env.reset(seed=0, options=options)
-    total = 0.0
-    while env.agents:
-        actions = {a: expert_action_for(env, a) for a in env.agents}
-        for a, act in actions.items():
-            assert obs[a]["action_mask"][act] == 1
-        obs, rewards, _, _, infos = env.step(actions)
-        total += next(iter(rewards.values()))
-    return infos[ROOT], total
+from .test_marl_objectives import _expert_episode
 
 
 def test_cost_objective_config():

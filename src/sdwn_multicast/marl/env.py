@@ -557,17 +557,12 @@ class CrossDomainMulticastEnv(ParallelEnv):
         """
         nbr_bw = self._view.nbr_bw[d]
         seg_bw = self._seg_bw[d]
+        blocked, seg = self._graft_sources(d)
         n = len(seg_bw)
-        blocked = [False] * n
-        for node in self.walk.get(d) or []:
-            blocked[self._local[d][node]] = True
-        seg = np.flatnonzero(seg_bw >= 0).tolist()
         b = [0.0] * n
-        hops = [math.inf] * n
         heap = []
         for i in seg:
-            blocked[i] = True  # a walk ends at the first segment node it reaches: no path runs through one
-            b[i], hops[i] = float(seg_bw[i]), 0
+            b[i] = float(seg_bw[i])
             heap.append((-b[i], i))
         heapq.heapify(heap)
         done = [False] * n
@@ -582,18 +577,38 @@ class CrossDomainMulticastEnv(ParallelEnv):
                     if c > b[j]:
                         b[j] = c
                         heapq.heappush(heap, (-c, j))
-        frontier = seg
-        level = 0
+        return np.array(b), self._segment_hops(nbr_bw, seg, blocked)
+
+    def _graft_sources(self, d: int) -> tuple[list[bool], list[int]]:
+        """Domain ``d``'s graft search set-up: which local nodes no path may enter (the walk, and the segment:
+        a walk ends at the first segment node it reaches, so no path runs through one) and the segment."""
+        n = len(self._seg_bw[d])
+        blocked = [False] * n
+        for node in self.walk.get(d) or []:
+            blocked[self._local[d][node]] = True
+        seg = np.flatnonzero(self._seg_bw[d] >= 0).tolist()
+        for i in seg:
+            blocked[i] = True
+        return blocked, seg
+
+    @staticmethod
+    def _segment_hops(nbrs: list, seg: list[int], blocked: list[bool]) -> np.ndarray:
+        """Breadth-first hops from the segment to every node avoiding ``blocked`` (0 on the segment, inf if
+        unreachable)."""
+        hops = [math.inf] * len(nbrs)
+        for i in seg:
+            hops[i] = 0
+        frontier, level = seg, 0
         while frontier:
             level += 1
             nxt = []
             for i in frontier:
-                for j, _ in nbr_bw[i]:
+                for j, _ in nbrs[i]:
                     if not blocked[j] and hops[j] > level:
                         hops[j] = level
                         nxt.append(j)
             frontier = nxt
-        return np.array(b), np.array(hops, dtype=float)
+        return np.array(hops, dtype=float)
 
     def graft_cost_view(self, d: int) -> tuple[np.ndarray, np.ndarray]:
         """Cost-objective graft summary of domain ``d`` per local node: (scaled cost of the cheapest path to
@@ -603,16 +618,11 @@ class CrossDomainMulticastEnv(ParallelEnv):
         segment nor on the walk.
         """
         nbr_cost = self._view.nbr_cost[d]
-        seg_bw = self._seg_bw[d]
-        n = len(seg_bw)
-        blocked = [False] * n
-        for node in self.walk.get(d) or []:
-            blocked[self._local[d][node]] = True
-        seg = np.flatnonzero(seg_bw >= 0).tolist()
+        blocked, seg = self._graft_sources(d)
+        n = len(blocked)
         dist = [math.inf] * n
         heap = []
         for i in seg:
-            blocked[i] = True
             dist[i] = 0.0
             heap.append((0.0, i))
         done = [False] * n
@@ -625,20 +635,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
                 if not blocked[j] and c + w < dist[j]:
                     dist[j] = c + w
                     heapq.heappush(heap, (c + w, j))
-        hops = [math.inf] * n
-        for i in seg:
-            hops[i] = 0
-        frontier, level = seg, 0
-        while frontier:
-            level += 1
-            nxt = []
-            for i in frontier:
-                for j, _ in nbr_cost[i]:
-                    if not blocked[j] and hops[j] > level:
-                        hops[j] = level
-                        nxt.append(j)
-            frontier = nxt
-        return np.array(dist), np.array(hops, dtype=float)
+        return np.array(dist), self._segment_hops(nbr_cost, seg, blocked)
 
     def _graft_closeness(self, d: int) -> np.ndarray:
         """Cost objectives, active domain ``d``: per node 1 / (1 + cost to the segment), through the link from

@@ -238,6 +238,19 @@ def _wait_for_output_process(inp: zmq.Socket, child: mp.Process) -> None:
 # ---- output child process ---------------------------------------------------------------------------------
 
 
+def detokenize(detok, out: EngineOutput, count: int) -> tuple[list, FinishReason | None, bool]:
+    """One engine output through its request's detokeniser. Returns the delta in the frontend's wire
+    format (``count``: output tokens so far, including these), the finish reason (STOP when a stop string
+    ended it) and whether the engine core must be told to stop the request (a stop string it cannot see)."""
+    text = detok.add(out.new_token_ids, out.finished)
+    reason = out.finish_reason
+    if detok.stopped:
+        reason = FinishReason.STOP
+    delta = [out.request_id, text, list(out.new_token_ids), reason.value if reason else None,
+             logprobs_to_wire(out.logprobs), out.num_prompt_tokens, count, out.num_cached_tokens, out.error]
+    return delta, reason, detok.stopped and not out.finished
+
+
 def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
     """Detokenise engine outputs and stream text deltas to the frontend; report stop-string hits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -277,27 +290,12 @@ def run_output_process(model_dir: str, addrs: ProcAddresses) -> None:
                     continue  # already finished here (e.g. by a stop string)
                 detok, count, admission = state
                 count[0] += len(out.new_token_ids)
-                text = detok.add(out.new_token_ids, out.finished)
-                reason = out.finish_reason
-                if detok.stopped:
-                    reason = FinishReason.STOP
-                    if not out.finished:
-                        stopped.append([out.request_id, admission])
+                delta, reason, stop_engine = detokenize(detok, out, count[0])
+                if stop_engine:
+                    stopped.append([out.request_id, admission])
                 if reason is not None:
                     del states[out.request_id]
-                deltas.append(
-                    [
-                        out.request_id,
-                        text,
-                        list(out.new_token_ids),
-                        reason.value if reason else None,
-                        logprobs_to_wire(out.logprobs),
-                        out.num_prompt_tokens,
-                        count[0],
-                        out.num_cached_tokens,
-                        out.error,
-                    ]
-                )
+                deltas.append(delta)
             if deltas:
                 to_frontend.send(pack("outputs", deltas))
             if stopped:

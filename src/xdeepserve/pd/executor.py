@@ -10,17 +10,16 @@ frontend it is alive every ``HEARTBEAT_S``.
 from __future__ import annotations
 
 import os
-import signal
 
 import zmq
 
-from .net import DEAD_AFTER_S, Outbox, Registry, bind_inbox, serve_inbox
+from .net import DEAD_AFTER_S, ControlProcess, Outbox, Registry, bind_inbox, error_output, run_control
 from .routing import Target, pick_decode, pick_prefill
-from .shell import error_output, merge_stats
+from .shell import merge_stats
 from .spec import DeploymentSpec
 
 
-class Executor:
+class Executor(ControlProcess):
     def __init__(self, spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
         self.spec, self.name = spec, name
         self.registry = Registry(store_addr)
@@ -79,19 +78,6 @@ class Executor:
         for fe in self.frontends:
             self.out.try_send(fe, "hb", self.name, ready, stats, pids, self.endpoint)
 
-    def run(self) -> None:
-        serve_inbox(self.inbox, self.handle, self.tick)
-
-    def close(self) -> None:
-        self.out.close()
-        self.inbox.close(linger=0)
-        self.ctx.term()
-
 
 def run_executor(spec: DeploymentSpec, name: str, store_addr: tuple[str, int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ex = Executor(spec, name, store_addr)
-    try:
-        ex.run()
-    finally:
-        ex.close()
+    run_control(lambda: Executor(spec, name, store_addr))

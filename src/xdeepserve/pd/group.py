@@ -41,17 +41,10 @@ import zmq
 
 from ..api.launch import free_port
 from ..engine.config import EngineConfig
-from ..engine.core_proc import (
-    GC_EVERY_STEPS,
-    _output_from_wire,
-    _output_to_wire,
-    logprobs_to_wire,
-    pack,
-    unpack,
-)
+from ..engine.core_proc import GC_EVERY_STEPS, _output_from_wire, _output_to_wire, detokenize, pack, unpack
 from ..engine.request import EngineOutput, FinishReason, InvalidRequestError, SamplingParams
 from .kv_transfer import KVGeometry, KVSender, TransferTask, XcclPull, dtype_name
-from .net import HEARTBEAT_S, REJECTED, UNAVAILABLE, Outbox, Registry, bind_inbox
+from .net import HEARTBEAT_S, REJECTED, UNAVAILABLE, Outbox, Registry, bind_inbox, error_output
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -435,9 +428,8 @@ class GroupCore:
                 frontend = self.frontends.get(rid)
                 self.release(rid)
                 if frontend:  # its frontend resumes it (a late pull gets a short answer and fails)
-                    self.out.try_send(frontend, "outputs", [[rid, "", [], FinishReason.ERROR.value, [], 0, 0, 0,
-                                                             f"{UNAVAILABLE}its KV waited {PARK_TTL_S:.0f} s on "
-                                                             f"{self.name} and was freed", self.name]])
+                    self.out.try_send(frontend, "outputs", [error_output(
+                        rid, f"its KV waited {PARK_TTL_S:.0f} s on {self.name} and was freed", self.name)])
         for rid, since in list(self.aborted.items()):
             if now - since > ABORTED_TTL_S:
                 del self.aborted[rid]
@@ -597,17 +589,10 @@ def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str
                 detok = st["detok"]
                 st["count"] += len(out_.new_token_ids)
                 st["ids"] += out_.new_token_ids
-                text = detok.add(out_.new_token_ids, out_.finished)
-                reason = out_.finish_reason
-                if detok.stopped:
-                    reason = FinishReason.STOP
-                    if not out_.finished:
-                        stopped.append([out_.request_id, st["admission"]])
-                by_frontend.setdefault(st["frontend"], []).append([
-                    out_.request_id, text, list(out_.new_token_ids), reason.value if reason else None,
-                    logprobs_to_wire(out_.logprobs), out_.num_prompt_tokens, st["count"], out_.num_cached_tokens,
-                    out_.error, name,
-                ])
+                delta, reason, stop_engine = detokenize(detok, out_, st["count"])
+                if stop_engine:
+                    stopped.append([out_.request_id, st["admission"]])
+                by_frontend.setdefault(st["frontend"], []).append(delta + [name])
                 if reason is not None:
                     del states[out_.request_id]
                 elif kv_ready and st["handoff"]:
@@ -617,9 +602,8 @@ def run_group_output(model_dir: str, name: str, role: str, store_addr: tuple[str
                                       st["frontend"], detok.state(), name, kv_ready, dtype, geometry)
                     if not ok:
                         stopped.append([out_.request_id, st["admission"]])
-                        by_frontend[st["frontend"]].append([
-                            out_.request_id, "", [], FinishReason.ERROR.value, [], out_.num_prompt_tokens,
-                            st["count"], 0, f"{UNAVAILABLE}decode instance {decode} is unavailable", name])
+                        by_frontend[st["frontend"]].append(error_output(
+                            out_.request_id, f"decode instance {decode} is unavailable", name))
             for frontend, deltas in by_frontend.items():
                 out.try_send(frontend, "outputs", deltas)
             if stopped:

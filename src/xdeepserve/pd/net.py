@@ -23,6 +23,7 @@ import torch.distributed as dist
 import zmq
 
 from ..engine.core_proc import pack, unpack
+from ..engine.request import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ DEAD_AFTER_S = 2.0  # a peer silent this long is treated as gone (generous: 2 sh
 # Error prefixes on the wire (final outputs with finish reason "error"):
 REJECTED = "invalid request: "  # the request itself is bad: the client gets a 400
 UNAVAILABLE = "unavailable: "  # a part of the deployment failed it: the frontend resumes it elsewhere
+
+
+def error_output(rid: str, error: str, source: str) -> list:
+    """A request's final output in the output processes' wire format, failed retriably (the frontend
+    resumes it elsewhere)."""
+    return [rid, "", [], FinishReason.ERROR.value, [], 0, 0, 0, UNAVAILABLE + error, source]
 
 
 class PeerUnavailable(RuntimeError):
@@ -177,3 +184,38 @@ def serve_inbox(inbox: zmq.Socket, handle: Callable[[list, float], None], tick: 
             last = now
         if os.getppid() != parent:
             return
+
+
+class ControlProcess:
+    """A TE-shell or a job executor: an inbox, an outbox, ``handle(msg, now)`` per message and ``tick(now)``
+    every heartbeat."""
+
+    ctx: zmq.Context
+    inbox: zmq.Socket
+    out: Outbox
+
+    def handle(self, msg: list, now: float) -> None:
+        raise NotImplementedError
+
+    def tick(self, now: float) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        serve_inbox(self.inbox, self.handle, self.tick)
+
+    def close(self) -> None:
+        self.out.close()
+        self.inbox.close(linger=0)
+        self.ctx.term()
+
+
+def run_control(make: Callable[[], ControlProcess]) -> None:
+    """Entry point of a control process: the launcher decides when it stops (SIGINT ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proc = make()
+    try:
+        proc.run()
+    finally:
+        proc.close()

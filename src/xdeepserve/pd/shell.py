@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 
 import zmq
 
-from ..engine.request import FinishReason
 from ..xccl.poll import pid_alive
-from .net import UNAVAILABLE, Outbox, Registry, bind_inbox, serve_inbox
+from .net import ControlProcess, Outbox, Registry, bind_inbox, error_output, run_control
 from .routing import Target, pick_decode, pick_prefill
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
 
 STALE_S = 5.0  # a group whose reports stop this long is skipped (a long prefill step can be a few seconds)
-
-
-def error_output(rid: str, error: str, source: str) -> list:
-    """A failed request's final output, in the output processes' wire format (retriable)."""
-    return [rid, "", [], FinishReason.ERROR.value, [], 0, 0, 0, UNAVAILABLE + error, source]
 
 
 def merge_stats(stats: list[dict]) -> dict:
@@ -42,7 +35,7 @@ def merge_stats(stats: list[dict]) -> dict:
     return out
 
 
-class Shell:
+class Shell(ControlProcess):
     def __init__(self, spec: DeploymentSpec, instance: str, store_addr: tuple[str, int]) -> None:
         self.spec, self.inst = spec, spec.instance(instance)
         self.name = f"{instance}/shell"
@@ -113,19 +106,6 @@ class Shell:
         for ex in self.executors:
             self.out.try_send(ex, "load", self.inst.name, summary)
 
-    def run(self) -> None:
-        serve_inbox(self.inbox, self.handle, self.tick)
-
-    def close(self) -> None:
-        self.out.close()
-        self.inbox.close(linger=0)
-        self.ctx.term()
-
 
 def run_shell(spec: DeploymentSpec, instance: str, store_addr: tuple[str, int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    shell = Shell(spec, instance, store_addr)
-    try:
-        shell.run()
-    finally:
-        shell.close()
+    run_control(lambda: Shell(spec, instance, store_addr))

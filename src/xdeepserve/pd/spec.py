@@ -242,8 +242,9 @@ def parse_spec(data: Any) -> DeploymentSpec:
     _only(fe, {"count", "port", "host"}, "frontends")
     ex = _mapping(top.get("executors"), "executors")
     _only(ex, {"count", "host"}, "executors")
-    for inst in (*mixed, *(() if mixed else (*_instances(top["prefill"], "prefill", hosts),
-                                               *_instances(top["decode"], "decode", hosts)))):
+    prefill = _instances(top["prefill"], "prefill", hosts) if not mixed else ()
+    decode = _instances(top["decode"], "decode", hosts) if not mixed else ()
+    for inst in (*prefill, *decode, *mixed):
         if "max_model_len" in inst.engine:
             raise SpecError(f"{inst.role}[{inst.index}].engine.max_model_len: every DP group must serve the same "
                             "max_model_len (a request moves between them); set it in the top-level engine")
@@ -254,8 +255,8 @@ def parse_spec(data: Any) -> DeploymentSpec:
         frontend_host=_host(fe.get("host"), hosts, "frontends.host"),
         executors=_int(ex.get("count", 1), "executors.count", 1),
         executor_host=_host(ex.get("host"), hosts, "executors.host"),
-        prefill=_instances(top["prefill"], "prefill", hosts) if not mixed else (),
-        decode=_instances(top["decode"], "decode", hosts) if not mixed else (),
+        prefill=prefill,
+        decode=decode,
         mixed=mixed,
         long_prompt_tokens=_int(top.get("long_prompt_tokens", 256), "long_prompt_tokens", 1),
     )
