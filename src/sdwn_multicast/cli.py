@@ -17,6 +17,10 @@ import numpy as np
 
 from .simulator import WEIGHTS
 
+#: ``sdwn-mcast train --preset`` names (``marl.train.PRESETS``; listed here so the CLI starts without torch)
+TRAIN_PRESETS = ["tiny", "paper30", "geant",
+                 *(f"{t}-{o}" for t in ("paper30", "geant") for o in ("delay", "loss", "cost"))]
+
 
 class CliError(ValueError):
     """Bad command-line input found after parsing (reported as ``sdwn-mcast: error: ...``, exit code 2)."""
@@ -213,7 +217,8 @@ def cmd_repair(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.marl:
         df = run_marl_session_evaluation(tuple(args.topologies), args.requests, args.events, seed=args.seed,
-                                         checkpoint_dir=args.marl_checkpoint, progress=not args.no_progress)
+                                         checkpoint_dir=args.marl_checkpoint, progress=not args.no_progress,
+                                         objective=args.marl_objective)
         df.to_csv(out / "sessions.csv", index=False, float_format="%.6g")
         text = session_summary_markdown(df, cpu_model())
         (out / "sessions.md").write_text(text)
@@ -241,8 +246,16 @@ def cmd_control(args) -> int:
         faults = FaultConfig(drop_prob=args.drop, dup_prob=args.dup, max_delay_ms=args.delay_ms, seed=args.seed)
     except ValueError as exc:
         raise CliError(f"fault injection: {exc}") from None
+    checkpoint = args.marl_checkpoint
+    if args.policy == "marl" and checkpoint is None and args.marl_objective != "bandwidth":
+        from .evaluation import committed_checkpoint_for
+        from .topology import load_topology
+
+        checkpoint = str(committed_checkpoint_for(load_topology(args.topology, seed=args.seed), args.marl_objective))
+    elif args.policy != "marl" and (checkpoint is not None or args.marl_objective != "bandwidth"):
+        raise CliError("control: --marl-checkpoint and --marl-objective need --policy marl")
     plane = ControlPlane(args.topology, sync_period_s=args.sync_period, faults=faults, seed=args.seed,
-                         marl=args.policy == "marl")
+                         marl=args.policy == "marl", marl_checkpoint=checkpoint)
     unknown = [n for n in (args.source, *args.members) if n not in plane.topology.domain_of]
     if unknown:  # fail before starting any controller process
         plane.close()
@@ -280,7 +293,7 @@ def cmd_train(args) -> int:
                               "bc_episodes": args.bc_episodes, "dataset_dir": args.dataset,
                               "seed": args.seed, "expert": args.expert, "init_from": args.init_from,
                               "lr": args.lr, "topology": args.topology, "n_domains": args.domains,
-                              "bc_epochs": args.bc_epochs}.items() if v is not None}
+                              "bc_epochs": args.bc_epochs, "reentry": args.reentry}.items() if v is not None}
     try:
         cfg = replace(PRESETS[args.preset], **over)
         r = train(cfg, args.out, progress=not args.no_progress)
@@ -375,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sessions under churn and link failures, every event answered by the learned agents")
     sp.add_argument("--events", type=positive_int, default=6, help="events per session (--marl)")
     sp.add_argument("--marl-checkpoint", help="training output folder (default: the committed checkpoints)")
+    sp.add_argument("--marl-objective", choices=["bandwidth", "delay", "loss", "cost"], default="bandwidth",
+                    help="--marl: the committed agents of this objective (default bandwidth)")
     sp.add_argument("--out", default="out/sdwn_eval", help="output folder (default out/sdwn_eval)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_repair)
@@ -390,11 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--policy", choices=["kmb", "marl"], default="kmb",
                     help="who decides the tree: the root's plan + KMB segments, or the trained agents")
+    sp.add_argument("--marl-objective", choices=["bandwidth", "delay", "loss", "cost"], default="bandwidth",
+                    help="--policy marl: serve the committed agents of this objective (default bandwidth)")
+    sp.add_argument("--marl-checkpoint", help="--policy marl: serve this training output instead")
     sp.add_argument("--repeat", type=positive_int, default=1, help="tree requests to time")
     sp.set_defaults(func=cmd_control)
 
     sp = sub.add_parser("train", help="train the MA-CDMR agents with multi-agent PPO (checkpoint, CSV, PNG)")
-    sp.add_argument("--preset", choices=["tiny", "paper30", "geant", "paper30-delay", "paper30-loss", "paper30-cost"], default="tiny")
+    sp.add_argument("--preset", choices=TRAIN_PRESETS, default="tiny")
+    sp.add_argument("--reentry", action=argparse.BooleanOptionalAction, default=None,
+                    help="cost objectives: may the root enter a domain more than once (presets: yes)")
     sp.add_argument("--critic", choices=["central", "local"], help="central = MAPPO (default), local = IPPO")
     sp.add_argument("--source", choices=["offline", "online"], help="replay snapshots or a live simulator")
     sp.add_argument("--dataset", help="offline snapshot dataset folder (from `sdwn-mcast dataset`)")

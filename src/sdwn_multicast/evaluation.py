@@ -559,7 +559,7 @@ def repair_summary_markdown(df: pd.DataFrame, machine: str) -> str:
 
 def run_marl_session_evaluation(topologies: tuple[str, ...], n_sessions: int, events_per_session: int = 6,
                                 seed: int = 0, n_domains: int = 3, checkpoint_dir: str | Path | None = None,
-                                progress: bool = True) -> pd.DataFrame:
+                                progress: bool = True, objective: str = "bandwidth") -> pd.DataFrame:
     """Multicast sessions under member churn and link failures, each event answered by the agents.
 
     A session starts with the agents' tree for a seeded request. Then ``events_per_session`` events hit it
@@ -569,9 +569,10 @@ def run_marl_session_evaluation(topologies: tuple[str, ...], n_sessions: int, ev
     it is validated. Per event: whether the agents served it (a failure that leaves a domain unable to be
     entered once can make the decomposition impossible; flat KMB is then reported as still serving or
     not), the decision time, links changed against the previous tree, and its bottleneck bandwidth against
-    delay-weighted KMB rebuilt on the same state.
+    delay-weighted KMB rebuilt on the same state (and its tree cost, sum of link delays, against KMB's).
+    ``objective`` picks the committed agents of that objective when ``checkpoint_dir`` is not given.
     """
-    router = MarlRouter(checkpoint_dir)
+    router = MarlRouter(checkpoint_dir, objective=objective)
     rows = []
     jobs = []
     for ti, name in enumerate(topologies):
@@ -619,8 +620,8 @@ def run_marl_session_evaluation(topologies: tuple[str, ...], n_sessions: int, ev
                 continue
             kmb = kmb_tree(graph, req.source, members, "delay_ms")
             row["kmb_served"] = True
-            row["kmb_bottleneck_bw_mbps"] = tree_metrics(graph, kmb, req.source, members, "delay_ms")[
-                "bottleneck_bw_mbps"]
+            km = tree_metrics(graph, kmb, req.source, members, "delay_ms")
+            row["kmb_bottleneck_bw_mbps"], row["kmb_cost"] = km["bottleneck_bw_mbps"], km["cost"]
             t = time.perf_counter()
             try:
                 new = router.build(snap, req.source, members)
@@ -634,6 +635,7 @@ def run_marl_session_evaluation(topologies: tuple[str, ...], n_sessions: int, ev
             m = tree_metrics(graph, new, req.source, members, "delay_ms")
             row.update(served=True, bottleneck_bw_mbps=m["bottleneck_bw_mbps"],
                        bw_ratio_vs_kmb=m["bottleneck_bw_mbps"] / row["kmb_bottleneck_bw_mbps"],
+                       cost_ratio_vs_kmb=m["cost"] / row["kmb_cost"],
                        links_changed=len(set(map(frozenset, new.edges)) ^ set(map(frozenset, tree.edges))),
                        tree_length=m["tree_length"])
             rows.append(row)
@@ -647,11 +649,11 @@ def session_summary_markdown(df: pd.DataFrame, machine: str) -> str:
              "`served` = the agents built a valid tree in one decision; `KMB served` = flat delay-weighted "
              "KMB found one on the same state (members cut off from the source are counted in neither).", "",
              "| topology | event | events | served by agents | KMB served | decision (ms) | links changed | "
-             "bw ratio vs KMB |", "|---|---|---|---|---|---|---|---|"]
+             "bw ratio vs KMB | cost ratio vs KMB |", "|---|---|---|---|---|---|---|---|---|"]
     for (topo, event), s in df.groupby(["topology", "event"], sort=False):
         ok = s[s.served]
         cells = []
-        for c in ("decision_time_ms", "links_changed", "bw_ratio_vs_kmb"):
+        for c in ("decision_time_ms", "links_changed", "bw_ratio_vs_kmb", "cost_ratio_vs_kmb"):
             mu, h = mean_ci95(ok[c]) if c in ok else (math.nan, math.nan)
             cells.append("n/a" if math.isnan(mu) else f"{mu:.3f} ± {h:.3f}")
         lines.append(f"| {topo} | {event} | {len(s)} | {int(s.served.sum())} | {int(s.kmb_served.sum())} | "

@@ -28,7 +28,7 @@ def test_cost_objective_config():
     assert "cost" in OBJECTIVES and MARL_METHODS["marl-cost"] == "cost"
     preset = PRESETS["paper30-cost"]
     assert preset.objective == "cost" and preset.cost_offset == 0.0
-    assert preset.env_config() == MarlEnvConfig(objective="cost")
+    assert preset.env_config() == MarlEnvConfig(objective="cost", reentry=True)
     with pytest.raises(TrainConfigError):
         TrainConfig(objective="cost", cost_offset=0.1)
     # the link cost is the ILP's weight (delay_ms), scaled, with no offset

@@ -84,3 +84,15 @@ def test_sessions_under_churn_and_failures_are_answered_by_the_agents_with_valid
     ok = df[df.served]
     assert (ok.decision_time_ms > 0).all() and (ok.links_changed >= 0).all()
     assert (ok.bw_ratio_vs_kmb > 0).all()
+
+
+def test_reentry_cost_agents_serve_every_event_kmb_can_on_geant():
+    """The re-entry agents are not limited to plans that enter each domain once, so link failures that
+    split a domain do not leave them without an answer."""
+    from sdwn_multicast.evaluation import run_marl_session_evaluation
+
+    df = run_marl_session_evaluation(("geant",), n_sessions=4, events_per_session=5, seed=2, progress=False,
+                                     objective="cost")
+    servable = df[df.kmb_served]
+    assert len(servable) >= 10 and servable.served.all(), servable.error.tolist()
+    assert (df[df.served].cost_ratio_vs_kmb > 0.5).all()

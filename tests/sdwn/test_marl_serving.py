@@ -54,3 +54,50 @@ def test_controller_processes_serve_trees_decided_by_their_agents():
         validate_tree(plane.topology.graph, tree, 2, members)
         dom = plane.topology.domain_of
         assert sum(dom[u] != dom[v] for u, v in tree.edges) == 2  # D1 -> D2 -> D3, each entered once
+
+
+def test_reentry_agents_split_across_controllers_build_the_evaluated_tree():
+    """Re-entry checkpoint: root plan + one components request per domain, composed by the root, give
+    exactly the tree the single-process evaluation builds, including plans that enter a domain twice."""
+    from sdwn_multicast.evaluation import MarlRouter, committed_checkpoint_for
+    from sdwn_multicast.topology import load_topology
+    from sdwn_multicast.trees import tree_from_edges
+
+    topo = load_topology("abilene", n_domains=3, seed=0)  # held out: domains of 3-4 APs, re-entry pays
+    ckpt = committed_checkpoint_for(topo, "cost")
+    root = RootAgent(topo, ckpt)
+    domains = [DomainAgent(topo, d, ckpt) for d in range(topo.n_domains)]
+    router = MarlRouter(ckpt, objective="cost")
+    reentered = 0
+    for req, snap in make_requests(topo, 8, seed=1000):
+        plan = root.plan(snap, req.source, req.members)
+        entered = [topo.domain_of[v] for _, v in plan.crossings] + [topo.domain_of[req.source]]
+        reentered += len(entered) > len(set(entered))
+        union = nx.Graph(list(plan.crossings))
+        for d, (entries, terms) in plan.segments.items():
+            if terms:
+                union.add_edges_from(domains[d].segment(snap, terms, entries).edges)
+        graph = snap.to_graph()
+        tree = tree_from_edges(graph, union.edges, (req.source, *req.members), plan.weight)
+        validate_tree(graph, tree, req.source, req.members)
+        expected = router.build(snap, req.source, req.members)
+        assert sorted(map(sorted, tree.edges)) == sorted(map(sorted, expected.edges))
+    assert reentered > 0
+
+
+@pytest.mark.timeout(120)
+def test_controller_processes_serve_the_reentry_cost_agents():
+    from sdwn_multicast.control import ControlPlane
+    from sdwn_multicast.evaluation import committed_checkpoint_for
+
+    ckpt = committed_checkpoint_for(paper_topology(), "cost")
+    with ControlPlane("paper30", sync_period_s=0.3, marl=True, marl_checkpoint=str(ckpt)) as plane:
+        client = plane.client("t-marl-cost")
+        members = (5, 14, 19, 25, 29)
+        for m in members:
+            client.join(group=4, member=m, ttl_s=60)
+        deadline = time.monotonic() + 10
+        while set(client.group_view(4).members) != set(members) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        commit = client.request_tree(group=4, source=2, timeout_s=15, policy="marl")
+        validate_tree(plane.topology.graph, nx.Graph(list(commit.edges)), 2, members)

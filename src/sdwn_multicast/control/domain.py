@@ -222,7 +222,7 @@ class DomainController:
                 from ..marl.serving import snapshot_from_links
 
                 snap = snapshot_from_links(self.topology, link_tuples(self.topology, self.sim.snapshot, self.my_links))
-                tree = self.domain_agent().segment(snap, req.terminals)
+                tree = self.domain_agent().segment(snap, req.terminals, req.entries or None)
             else:
                 tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), check_weight(req.weight))
         except ValueError as exc:  # MulticastError or an unknown weight

@@ -151,13 +151,17 @@ class SegmentRequest:
     """Root -> domain: build the intra-domain tree spanning ``terminals`` (entry node first).
 
     ``request_id`` is the root's own segment id (clients number their tree requests independently).
+    A re-entry plan (trained agents whose root may enter a domain more than once) sends ``entries``, pairs
+    (entry AP, rank), and ``terminals`` as pairs (AP, bound): the domain answers with the forest of its
+    components, each terminal attached to a component of rank < bound (any component for bound 0).
     """
 
     request_id: int
     domain: int
-    terminals: tuple[int, ...]
+    terminals: tuple
     weight: str
     policy: str = "kmb"  # "kmb" or "marl" (the domain's trained agent grafts the terminals)
+    entries: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 import networkx as nx
 
 from ..topology import MultiDomainTopology
-from ..trees import plan_inter_domain, prune_tree, validate_tree
+from ..trees import plan_inter_domain, prune_tree, tree_from_edges, validate_tree
 from .links import check_weight, domain_label, graph_from_links
 from .messages import (
     BoundaryInfo,
@@ -243,17 +243,22 @@ class RootController:
             plan = plan_inter_domain(self.topology, graph, req.source, members, req.weight)
         else:
             raise ControlPlaneError(f"unknown tree policy {req.policy!r}: expected 'kmb' or 'marl'")
+        reentry = not hasattr(plan, "terminals")  # a ReentryPlan: several entries per domain may overlap
+        if reentry:
+            requests = {d: (terms, entries) for d, (entries, terms) in plan.segments.items() if terms}
+            crossings = plan.crossings
+        else:
+            requests = {d: (tuple(terms), ()) for d, terms in plan.terminals.items() if len(terms) >= 2}
+            crossings = tuple(plan.crossings.values())
         waits = {}
         sid = next(self._segment_ids)
-        for d, terms in plan.terminals.items():
-            if len(terms) < 2:
-                continue
+        for d, (terms, entries) in requests.items():
             dch = self.domains.get(d)
             if dch is None or not dch.alive:
                 raise ControlPlaneError(f"domain {domain_label(d)} controller is not connected")
             fut = asyncio.get_running_loop().create_future()
             self._segments[(sid, d)] = fut
-            dch.spawn(dch.send(SegmentRequest(sid, d, tuple(terms), req.weight, req.policy),
+            dch.spawn(dch.send(SegmentRequest(sid, d, terms, req.weight, req.policy, entries),
                                timeout_s=self.segment_timeout_s))
             waits[d] = fut
         try:
@@ -266,11 +271,17 @@ class RootController:
                     raise ControlPlaneError(f"domain {domain_label(d)} controller did not return its segment "
                                             f"within {self.segment_timeout_s:.1f} s") from None
                 tree.add_edges_from(seg.edges)
-            tree.add_edges_from(plan.crossings.values())
+            tree.add_edges_from(crossings)
         finally:
             for d in waits:
                 self._segments.pop((sid, d), None)
-        tree = prune_tree(tree, (req.source, *members))
+        if reentry:  # the union may hold cycles: its cheapest spanning tree, pruned
+            missing = [e for e in tree.edges if not graph.has_edge(*e)]
+            if missing:
+                raise ControlPlaneError(f"segments use links that are not up: {missing[:3]}")
+            tree = tree_from_edges(graph, tree.edges, (req.source, *members), plan.weight)
+        else:
+            tree = prune_tree(tree, (req.source, *members))
         validate_tree(graph, tree, req.source, members)
         edges = tuple(sorted(tuple(sorted(e)) for e in tree.edges))
         return TreeCommit(req.request_id, next(self.commits), req.group, req.source, edges, tuple(members))

@@ -13,7 +13,8 @@ Agents
 
 An episode has two phases. In the *inter* phase only the root acts: it adds crossings until every domain
 holding the source or a member is in the plan; each domain is entered exactly once, so "inter-domain
-tree + intra-domain trees" composes into one tree (the paper's assumption, enforced here). In the *intra*
+tree + intra-domain trees" composes into one tree (the paper's assumption, enforced here unless
+``MarlEnvConfig.reentry`` is set: see "Re-entry" below). In the *intra*
 phase every domain of the plan grafts its terminals (local members and exit boundary nodes) onto its
 segment, which starts as the domain's entry (the source in the source's domain), all domains in parallel.
 A graft is a walk from the pending terminal, one next hop per step, until it reaches the segment
@@ -72,6 +73,27 @@ domain outside the plan (:meth:`CrossDomainMulticastEnv.graft_cost_view`, :meth:
 A one-hop scorer cannot see bottlenecks further away; these give it the link state a routing decision
 needs, the way a link-state router runs its own shortest-path computation.
 
+Re-entry
+--------
+With ``MarlEnvConfig.reentry`` (cost objectives only) the root is not limited to entering each domain once.
+It keeps a *planned tree*: the node set the tree will hold, starting with the source. Before each root
+decision, every member that the planned tree reaches most cheaply without leaving the member's domain is
+absorbed into it, nearest first (Takahashi-Matsuyama's order), together with its path. The root acts only
+when the nearest remaining member is reached most cheaply over a crossing. Its candidates are the oriented
+inter-domain links u -> v (row ``j`` is link ``j`` from its first endpoint, row ``L + j`` from its
+second): the link is up, u is reachable inside its domain from the planned tree, v is not planned, and v
+reaches an unabsorbed member without touching the planned tree. The domain of v may already be in the
+plan; v then starts a second component there. A choice adds the path to u and v to the planned tree. The
+planned tree grows at every step, and the nearest member's path always offers a valid crossing, so the
+root can neither loop nor get stuck. Its three cost columns hold, per candidate, the closeness of the
+whole path (planned tree -> u -> v -> nearest unabsorbed member), of the onward part alone, and 1.
+
+In the intra phase, every entry starts a component of rank k (the source 0, the k-th crossing's entry k).
+A member grafts onto any component of its domain. The exit of crossing k grafts only onto components of
+rank < k, so each component stays connected to the source through earlier ones. A walk may pass through
+nodes of components it may not attach to. The union of the components and the crossings is then reduced
+to its cheapest spanning tree and pruned.
+
 Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck,
 components, the ``networkx`` graph) is computed once per snapshot and cached; a step
 updates small per-domain numpy arrays (no graph objects), so a decision is dominated by the actors.
@@ -97,6 +119,7 @@ from ..trees import (
     MulticastError,
     check_request,
     prune_tree,
+    tree_from_edges,
     validate_tree,
 )
 
@@ -112,6 +135,8 @@ SNAPSHOT_CACHE_SIZE = 128
 ROOT_DOMAIN_CHANNELS: tuple[str, ...] = ("in_plan", "needed", "has_members", "source_domain")
 #: episode reward emphasis (module docstring); "bandwidth" is the original, committed-checkpoint one
 OBJECTIVES: tuple[str, ...] = ("bandwidth", "delay", "loss", "cost")
+#: re-entry: bound of a member terminal (it may attach to any component of its domain)
+_NO_BOUND = 1 << 30
 
 
 class InvalidActionError(ValueError):
@@ -145,6 +170,29 @@ def cheapest_all_pairs(cost: np.ndarray) -> np.ndarray:
     for k in range(len(w)):
         np.minimum(w, w[:, k:k + 1] + w[k:k + 1, :], out=w)
     return w
+
+
+def _dijkstra(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], blocked: Sequence[bool] | None = None
+              ) -> tuple[list[float], list[int]]:
+    """Multi-source Dijkstra over adjacency lists ``nbrs[i] = [(j, cost), ...]``: (distance per node, inf if
+    unreachable; predecessor per node, -1 for sources and unreached). ``blocked`` nodes are never entered."""
+    dist, pred = [math.inf] * len(nbrs), [-1] * len(nbrs)
+    heap = []
+    for i in sources:
+        dist[i] = 0.0
+        heap.append((0.0, i))
+    heapq.heapify(heap)
+    done = [False] * len(nbrs)
+    while heap:
+        c, i = heapq.heappop(heap)
+        if done[i]:
+            continue
+        done[i] = True
+        for j, w in nbrs[i]:
+            if (blocked is None or not blocked[j]) and c + w < dist[j]:
+                dist[j], pred[j] = c + w, i
+                heapq.heappush(heap, (c + w, j))
+    return dist, pred
 
 
 def link_cost(objective: str, delay_ms, loss, config: MarlEnvConfig):
@@ -208,6 +256,13 @@ class _SnapshotView:
                 self.nbr_cost.append([[(int(j), float(cd[i, j])) for j in np.flatnonzero(row)]
                                       for i, row in enumerate(adj)])
             self.inter_cost = np.array([c[topo.edge_index[e]] for e in env._inter])
+            # whole network (re-entry planning): neighbours with link cost, by topology.nodes index
+            idx = topo.node_index
+            self.gnbr_cost: list[list[tuple[int, float]]] = [[] for _ in topo.nodes]
+            for k, (u, v) in enumerate(topo.edges):
+                if snapshot.up[k] and np.isfinite(c[k]):
+                    self.gnbr_cost[idx[u]].append((idx[v], float(c[k])))
+                    self.gnbr_cost[idx[v]].append((idx[u], float(c[k])))
 
 
 @dataclass(frozen=True)
@@ -230,12 +285,17 @@ class MarlEnvConfig:
     #: which a pure sum-of-costs expert does not minimise); 0 = plain additive cost. The reward is unchanged.
     cost_offset: float = 0.0
     cost_floor: float = 0.02
+    #: cost objectives: the root may enter a domain more than once (a new segment per entry; module
+    #: docstring, "Re-entry"); False keeps "each domain entered once" (the committed bandwidth agents)
+    reentry: bool = False
 
     def __post_init__(self) -> None:
         if self.cost_offset < 0 or self.cost_floor <= 0:
             raise ValueError("cost_offset must be non-negative and cost_floor positive")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.reentry and self.objective == "bandwidth":
+            raise ValueError("reentry plans by an additive link cost: it needs objective 'delay', 'loss' or 'cost'")
         lo, hi = self.group_size
         if not 1 <= lo <= hi:
             raise ValueError(f"group_size must satisfy 1 <= min <= max, got {self.group_size}")
@@ -281,13 +341,16 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._boundary_local = [np.array(sorted(self._local[d][n] for n in topo.boundary_nodes(d)), dtype=np.int64)
                                 for d in range(nd)]
         self._views: OrderedDict[int, tuple[LinkStateSnapshot, _SnapshotView]] = OrderedDict()
+        self._segment_only = False  # reset(options={"segments": ...}): one domain's components only
         n_f, n_c = len(LINK_FIELDS), len(NODE_CHANNELS)
+        # re-entry: one root candidate per oriented link (row j: u -> v, row L + j: v -> u of link j)
+        self._n_cross = len(self._inter) * (2 if self.config.reentry else 1)
         self._obs_spaces: dict[str, spaces.Dict] = {ROOT: spaces.Dict({
-            "crossings": spaces.Box(0.0, np.inf, (len(self._inter), n_f + len(ROOT_CROSSING_EXTRA)), np.float32),
+            "crossings": spaces.Box(0.0, np.inf, (self._n_cross, n_f + len(ROOT_CROSSING_EXTRA)), np.float32),
             "domains": spaces.Box(0.0, 1.0, (nd, len(ROOT_DOMAIN_CHANNELS)), np.float32),
-            "action_mask": spaces.Box(0, 1, (len(self._inter) + 1,), np.int8),
+            "action_mask": spaces.Box(0, 1, (self._n_cross + 1,), np.int8),
         })}
-        self._act_spaces: dict[str, spaces.Discrete] = {ROOT: spaces.Discrete(len(self._inter) + 1)}
+        self._act_spaces: dict[str, spaces.Discrete] = {ROOT: spaces.Discrete(self._n_cross + 1)}
         for d, ns in enumerate(self._dnodes):
             n = len(ns)
             self._obs_spaces[domain_agent(d)] = spaces.Dict({
@@ -341,6 +404,11 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self.snapshot = self.snapshots[idx]
         self._view = self._snapshot_view(self.snapshot)
         self.graph, self._comp = self._view.graph, self._view.comp
+        self._segment_only = False
+        if "segments" in options:
+            self._reset_segments(options["segments"])
+            self.agents = list(self.possible_agents)
+            return self._observations(), self._infos()
         if "source" in options or "members" in options:
             if "source" not in options or "members" not in options:
                 raise MulticastError("a fixed request needs both 'source' and 'members'")
@@ -384,6 +452,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         raise DecompositionError("could not draw a request whose source domain is connected (100 tries)")
 
     def _check_source_domain(self) -> None:
+        if self.config.reentry:  # the plan may leave the source's domain and come back
+            return
         dom = self.topology.domain_of
         ds = dom[self.source]
         cut = [m for m in self.members if dom[m] == ds and self._comp[m] != self._comp[self.source]]
@@ -413,7 +483,10 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._seg_bw = [np.full(len(ns), -1.0) for ns in self._dnodes]
         self._member_local = [np.array([self._local[d][m] for m in self.local_members[d]], dtype=np.int64)
                               for d in range(self.topology.n_domains)]
-        self._maybe_finish_inter()
+        if self.config.reentry:
+            self._start_reentry()
+        else:
+            self._maybe_finish_inter()
         self._refresh()
 
     # ---- root (inter-domain) ----
@@ -428,10 +501,12 @@ class CrossDomainMulticastEnv(ParallelEnv):
         return None
 
     def _compute_root_mask(self) -> np.ndarray:
-        mask = np.zeros(len(self._inter) + 1, dtype=np.int8)
+        mask = np.zeros(self._n_cross + 1, dtype=np.int8)
         if self.phase != "inter":
             mask[-1] = 1
             return mask
+        if self.config.reentry:
+            return self._reentry_root_mask(mask)
         dom = self.topology.domain_of
         useful = self._useful_domains()
         for j in range(len(self._inter)):
@@ -467,6 +542,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         return useful
 
     def _root_step(self, action: int) -> float:
+        if self.config.reentry:
+            return self._reentry_root_step(action)
         if action == len(self._inter):  # BACKTRACK (the mask allows it only when stuck)
             self.backtracks += 1
             if not self.plan:
@@ -510,6 +587,9 @@ class CrossDomainMulticastEnv(ParallelEnv):
         """Start the next graft: the pending terminal with the widest bottleneck into the segment (ties:
         fewer hops, then the hop order from the entry) — Takahashi-Matsuyama's "closest terminal first"
         with the bottleneck as the distance."""
+        if self.config.reentry:
+            self._reentry_next_walk(d)
+            return
         seg = self.segment[d]
         self.pending[d] = [t for t in self.pending[d] if t not in seg]
         if not self.pending[d]:
@@ -586,7 +666,11 @@ class CrossDomainMulticastEnv(ParallelEnv):
         blocked = [False] * n
         for node in self.walk.get(d) or []:
             blocked[self._local[d][node]] = True
-        seg = np.flatnonzero(self._seg_bw[d] >= 0).tolist()
+        if self.config.reentry:  # targets: the components this walk's terminal may attach to
+            lab = self._label[d]
+            seg = np.flatnonzero((lab >= 0) & (lab < self._walk_bound.get(d, _NO_BOUND))).tolist()
+        else:
+            seg = np.flatnonzero(self._seg_bw[d] >= 0).tolist()
         for i in seg:
             blocked[i] = True
         return blocked, seg
@@ -665,6 +749,9 @@ class CrossDomainMulticastEnv(ParallelEnv):
     def _domain_step(self, d: int, action: int) -> None:
         nxt = self._dnodes[d][action]
         walk = self.walk[d]
+        if self.config.reentry:
+            self._reentry_domain_step(d, nxt)
+            return
         if nxt in self.segment[d]:
             nx.add_path(self.segment[d], [*walk, nxt])
             # the walk's nodes inherit the attachment's bottleneck, narrowed link by link back to the start
@@ -679,6 +766,225 @@ class CrossDomainMulticastEnv(ParallelEnv):
             self._next_walk(d)
         else:
             walk.append(nxt)
+
+    # ---- re-entry planning (config.reentry, cost objectives; module docstring, "Re-entry") ----
+    def _oriented(self, r: int) -> tuple[Node, Node]:
+        """(exit, entry) of root candidate ``r``: link ``r mod L`` from its first endpoint (r < L) or its second."""
+        u, v = self._inter[r % len(self._inter)]
+        return (u, v) if r < len(self._inter) else (v, u)
+
+    def _reset_segments(self, spec: dict) -> None:
+        """A domain controller's episode (re-entry): ``spec = {"domain": d, "entries": {node: rank},
+        "terminals": {node: bound}}`` from the root's plan (:meth:`segment_plan`); only domain ``d``'s agent
+        acts, and the episode ends with the forest of its components in ``infos[a]["tree"]``."""
+        if not self.config.reentry:
+            raise MulticastError("a segments episode needs a re-entry configuration (MarlEnvConfig.reentry)")
+        d, entries, terminals = spec["domain"], dict(spec["entries"]), dict(spec["terminals"])
+        dom = self.topology.domain_of
+        outside = [n for n in (*entries, *terminals) if dom.get(n) != d]
+        if not entries or outside:
+            raise MulticastError(f"segments of domain {d}: needs entries, and {outside} are not APs of domain {d}")
+        self.source = min(entries, key=entries.get)
+        self.members = tuple(t for t in terminals if t not in entries) or (self.source,)
+        self._segment_only = True
+        self._start_episode()  # reentry: _start_reentry, which sees _segment_only
+        self.entry_rank = dict(entries)
+        self.planned = {*entries, *terminals}
+        self.local_members = {x: [] for x in range(self.topology.n_domains)}
+        self.local_members[d] = [t for t, b in terminals.items() if b <= 0]  # bound <= 0: any component
+        self.exit_bound = {d: {t: int(b) for t, b in terminals.items() if b > 0}}
+        self._member_local[d] = np.array([self._local[d][m] for m in self.local_members[d]], dtype=np.int64)
+        self._start_reentry_intra()
+        self._refresh()
+
+    def segment_plan(self) -> dict[int, tuple[tuple[tuple[Node, int], ...], tuple[tuple[Node, int], ...]]]:
+        """Re-entry, after the root's phase: per domain, its entries (node, rank) and terminals (node, bound:
+        an exit attaches to components of rank < bound, a member (bound 0) to any) for :meth:`_reset_segments`."""
+        if not self.config.reentry or self.phase != "intra":
+            raise MulticastError("segment_plan() needs a re-entry episode past the root's phase")
+        out = {}
+        for d in self.segment:
+            entries = tuple((n, k) for n, k in self.entry_rank.items() if self.topology.domain_of[n] == d)
+            terms = tuple((t, 0 if b >= _NO_BOUND else b) for t, b in self._bound[d].items())
+            out[d] = (entries, terms)
+        return out
+
+    def _start_reentry(self) -> None:
+        self.planned: set[Node] = {self.source}  # the root's planned tree: nodes the tree will hold
+        self.entry_rank: dict[Node, int] = {self.source: 0}  # entries in plan order (the source first)
+        self.exit_bound: dict[int, dict[Node, int]] = {}  # per domain: exit -> components it may attach to
+        if getattr(self, "_segment_only", False):
+            return
+        self._absorb()
+        if all(m in self.planned for m in self.members):
+            self._start_reentry_intra()
+
+    def _absorb(self) -> None:
+        """Add to the planned tree, nearest first (Takahashi-Matsuyama's order), every member whose cheapest
+        path from it stays inside the member's domain; stop at the first one reached best over a crossing."""
+        idx, nodes, dom = self.topology.node_index, self.topology.nodes, self.topology.domain_of
+        while True:
+            rest = [m for m in self.members if m not in self.planned]
+            if not rest:
+                return
+            dist, pred = _dijkstra(self._view.gnbr_cost, [idx[n] for n in self.planned])
+            m = min(rest, key=lambda n: (dist[idx[n]], idx[n]))
+            path = [idx[m]]
+            while pred[path[-1]] >= 0:
+                path.append(pred[path[-1]])
+            if not math.isfinite(dist[idx[m]]) or any(dom[nodes[i]] != dom[m] for i in path):
+                return
+            self.planned.update(nodes[i] for i in path)
+
+    def _plan_search(self) -> None:
+        """Per domain: cheapest intra-domain paths from the planned tree; whole network: cheapest path from
+        each node to a member not yet planned, avoiding the planned tree (``onward``)."""
+        dom, idx = self.topology.domain_of, self.topology.node_index
+        self._adist: dict[int, tuple[list[float], list[int]]] = {}
+        for d in range(self.topology.n_domains):
+            src = [self._local[d][n] for n in self.planned if dom[n] == d]
+            if src:
+                self._adist[d] = _dijkstra(self._view.nbr_cost[d], src)
+        blocked = [False] * len(self.topology.nodes)
+        for n in self.planned:
+            blocked[idx[n]] = True
+        rest = [idx[m] for m in self.members if m not in self.planned]
+        self._onward = _dijkstra(self._view.gnbr_cost, rest, blocked)[0]
+
+    def _reentry_root_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A crossing u -> v is valid if the link is up, u is reachable inside its domain from the planned
+        tree, v is not planned and v reaches a member not yet planned without touching the planned tree."""
+        self._plan_search()
+        dom, idx = self.topology.domain_of, self.topology.node_index
+        for r in range(self._n_cross):
+            if not np.isfinite(self._view.inter_cost[r % len(self._inter)]):
+                continue
+            u, v = self._oriented(r)
+            a = self._adist.get(dom[u])
+            if a is None or not math.isfinite(a[0][self._local[dom[u]][u]]):
+                continue
+            if v not in self.planned and math.isfinite(self._onward[idx[v]]):
+                mask[r] = 1
+        if not mask.any():
+            mask[-1] = 1  # no crossing reaches the rest (cannot happen for a connected request); step fails
+        return mask
+
+    def _reentry_root_step(self, action: int) -> float:
+        if action == self._n_cross:
+            rest = [m for m in self.members if m not in self.planned]
+            self.failure = f"no crossing from the planned tree reaches members {rest}"
+            return 0.0
+        u, v = self._oriented(action)
+        dom = self.topology.domain_of
+        du, dv = dom[u], dom[v]
+        pred = self._adist[du][1]
+        i = self._local[du][u]
+        while i >= 0:  # the cheapest path from the planned tree to the exit joins the plan
+            self.planned.add(self._dnodes[du][i])
+            i = pred[i]
+        self.planned.add(v)
+        self.plan.append((action % len(self._inter), u, v))
+        self.taboo.append(set())
+        k = len(self.plan)
+        self.entry_rank[v] = k
+        self.entry.setdefault(dv, v)
+        self.parent.setdefault(dv, du)
+        self.exits.setdefault(dv, [])
+        self.exits.setdefault(du, []).append(u)
+        # the exit may attach only to components entered before this crossing, so every component stays
+        # connected to the source through earlier ones (no cycle through its own descendants)
+        bounds = self.exit_bound.setdefault(du, {})
+        bounds[u] = min(bounds.get(u, k), k)
+        self._absorb()
+        if all(m in self.planned for m in self.members):
+            self._start_reentry_intra()
+        return 0.0
+
+    def _reentry_crossing_costs(self, r: int) -> tuple[float, float, float]:
+        """Re-entry root candidate ``r`` (an oriented link; zeros unless valid now): closeness 1 / (1 + cost)
+        of the cheapest path planned tree -> exit -> link -> entry -> nearest member not yet planned, of the
+        onward part (entry -> member) alone, and 1.0 (no separate transit term)."""
+        if self.phase != "inter" or not self._mask[ROOT][r] or r == self._n_cross:
+            return 0.0, 0.0, 0.0
+        u, v = self._oriented(r)
+        du = self.topology.domain_of[u]
+        a = self._adist[du][0][self._local[du][u]]
+        o = self._onward[self.topology.node_index[v]]
+        w = self._view.inter_cost[r % len(self._inter)]
+        return float(1.0 / (1.0 + a + w + o)), float(1.0 / (1.0 + o)), 1.0
+
+    def _reentry_root_crossings(self) -> np.ndarray:
+        n_l = len(self._inter)
+        extra = np.zeros((self._n_cross, len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
+        chosen = {j for j, _, _ in self.plan}
+        dom = self.topology.domain_of
+        for r in range(self._n_cross):
+            u, v = self._oriented(r)
+            a = self._adist.get(dom[u]) if self.phase == "inter" else None
+            extra[r, 0] = a is not None and math.isfinite(a[0][self._local[dom[u]][u]])
+            extra[r, 1] = v in self.planned
+            extra[r, 2] = r % n_l in chosen
+            extra[r, 3:] = self._reentry_crossing_costs(r)
+        return np.concatenate([np.concatenate([self._view.inter_features] * 2), extra], axis=1)
+
+    def _start_reentry_intra(self) -> None:
+        """Every domain with an entry grafts its members (any component) and exits (earlier components only)
+        onto components that start at its entries."""
+        self.phase = "intra"
+        dom = self.topology.domain_of
+        self._label = [np.full(len(ns), -1, dtype=np.int64) for ns in self._dnodes]
+        self._bound: dict[int, dict[Node, int]] = {}
+        self._walk_bound: dict[int, int] = {}
+        for e, k in self.entry_rank.items():
+            d = dom[e]
+            if d not in self.segment:
+                self.segment[d] = nx.Graph()
+            self.segment[d].add_node(e)
+            self._label[d][self._local[d][e]] = k
+            self._seg_bw[d][self._local[d][e]] = np.inf
+        for d in self.segment:
+            bound = dict.fromkeys(self.local_members[d], _NO_BOUND)
+            for u, k in self.exit_bound.get(d, {}).items():
+                bound[u] = min(bound.get(u, k), k)
+            self._bound[d] = bound
+            self.pending[d] = sorted(bound, key=self.topology.node_index.get)
+            self.walk[d] = []
+            self._next_walk(d)
+
+    def _grafted(self, d: int, t: Node) -> bool:
+        lab = self._label[d][self._local[d][t]]
+        return 0 <= lab < self._bound[d][t]
+
+    def _reentry_next_walk(self, d: int) -> None:
+        """The pending terminal cheapest to reach one of the components it may attach to grafts next."""
+        self.walk[d] = []
+        self.pending[d] = [t for t in self.pending[d] if not self._grafted(d, t)]
+        if not self.pending[d]:
+            return
+        loc, best, best_key = self._local[d], 0, None
+        for b in sorted({self._bound[d][t] for t in self.pending[d]}):
+            self._walk_bound[d] = b
+            dist, hops = self.graft_cost_view(d)
+            for k, t in enumerate(self.pending[d]):
+                key = (round(dist[loc[t]], 9), hops[loc[t]], k)
+                if self._bound[d][t] == b and (best_key is None or key < best_key):
+                    best, best_key = k, key
+        t = self.pending[d].pop(best)
+        self.walk[d] = [t]
+        self._walk_bound[d] = self._bound[d][t]
+
+    def _reentry_domain_step(self, d: int, nxt: Node) -> None:
+        walk, lab, loc = self.walk[d], self._label[d], self._local[d]
+        k = lab[loc[nxt]]
+        if not 0 <= k < self._walk_bound[d]:  # not a target (other components are passable)
+            walk.append(nxt)
+            return
+        nx.add_path(self.segment[d], [*walk, nxt])
+        for node in walk:  # the walk joins component k (a node on two components keeps the earlier one)
+            i = loc[node]
+            lab[i] = k if lab[i] < 0 else min(lab[i], k)
+            self._seg_bw[d][i] = max(self._seg_bw[d][i], 0.0)
+        self._next_walk(d)
 
     # ---- step ----
     def step(self, actions: dict[str, int]):
@@ -725,13 +1031,24 @@ class CrossDomainMulticastEnv(ParallelEnv):
         """Compose segments + crossings, prune, validate, and score the tree (module docstring)."""
         from ..evaluation import tree_metrics  # lazy: evaluation will register this package's method
 
+        if self._segment_only:  # a domain controller's components: the root composes them
+            forest = nx.Graph()
+            for seg in self.segment.values():
+                forest.add_nodes_from(seg.nodes)
+                forest.add_edges_from(seg.edges)
+            self.tree = forest
+            return 0.0
         tree = nx.Graph()
         tree.add_node(self.source)
         for seg in self.segment.values():
             tree.add_nodes_from(seg.nodes)
             tree.add_edges_from(seg.edges)
         tree.add_edges_from((bp, bc) for _, bp, bc in self.plan)
-        tree = prune_tree(tree, (self.source, *self.members))
+        if self.config.reentry:  # segments of one domain may overlap: the cheapest spanning tree of the union
+            weight = "loss" if self.config.objective == "loss" else "delay_ms"  # MST needs only the order
+            tree = tree_from_edges(self.graph, tree.edges, (self.source, *self.members), weight)
+        else:
+            tree = prune_tree(tree, (self.source, *self.members))
         validate_tree(self.graph, tree, self.source, self.members)
         self.tree = tree
         self.metrics = tree_metrics(self.graph, tree, self.source, self.members, "delay_ms")
@@ -775,7 +1092,13 @@ class CrossDomainMulticastEnv(ParallelEnv):
         if pending:
             out[[loc[n] for n in pending], 3] = 1
         out[self._member_local[d], 4] = 1
-        if d in self.entry:
+        if self.config.reentry:
+            entries = [loc[n] for n in self.entry_rank if n in loc]
+            if entries:
+                out[entries, 5] = 1
+            if self.exits.get(d):
+                out[[loc[n] for n in self.exits[d]], 6] = 1
+        elif d in self.entry:
             out[loc[self.entry[d]], 5] = 1
             if self.exits[d]:
                 out[[loc[n] for n in self.exits[d]], 6] = 1
@@ -848,6 +1171,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         entry (0 without members). transit: the best closeness of (cheapest path from the new entry to a
         boundary AP + an up link from there into a needed domain outside the plan), 0 if none.
         """
+        if self.config.reentry:
+            return self._reentry_crossing_costs(j)
         cross = self._crossing(j)
         if cross is None:
             return 0.0, 0.0, 0.0
@@ -877,6 +1202,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         return float(1.0 / (1.0 + exit_c)), entry, float(transit)
 
     def _root_crossings(self) -> np.ndarray:
+        if self.config.reentry:
+            return self._reentry_root_crossings()
         extra = np.zeros((len(self._inter), len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
         in_plan = np.zeros(self.topology.n_domains, dtype=bool)
         in_plan[list(self.entry)] = True

@@ -14,6 +14,7 @@ milliseconds and the masks make an invalid move impossible.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -62,14 +63,32 @@ def _greedy(policy, agent: str, obs: dict) -> int:
         return policy.greedy(agent, obs_to_tensors(obs[agent]))
 
 
+@dataclass(frozen=True)
+class ReentryPlan:
+    """A re-entry root plan (``MarlEnvConfig.reentry``): the crossings in plan order and, per domain, its
+    entries ``(node, rank)`` and terminals ``(node, bound)`` (an exit attaches to components of rank <
+    bound, a member, bound 0, to any). The domains' components and the crossings may overlap; the root
+    reduces their union to its cheapest spanning tree."""
+
+    crossings: tuple[tuple[Node, Node], ...]
+    segments: dict
+    #: link attribute the union's spanning tree minimises (the order of the agents' link cost)
+    weight: str = "delay_ms"
+
+
 class RootAgent:
     def __init__(self, topology: MultiDomainTopology, checkpoint_dir: str | Path | None = None):
         self.topology = topology
         self.policy, self.checkpoint_dir = _load(topology, checkpoint_dir)
 
-    def plan(self, snapshot: LinkStateSnapshot, source: Node, members) -> CrossDomainPlan:
+    @property
+    def reentry(self) -> bool:
+        return self.policy.env_config.reentry
+
+    def plan(self, snapshot: LinkStateSnapshot, source: Node, members) -> CrossDomainPlan | ReentryPlan:
         """The root actor's inter-domain plan, in the contract of :func:`~sdwn_multicast.trees.plan_inter_domain`
-        (crossings per entered domain, entries, each domain's terminals with the entry first)."""
+        (crossings per entered domain, entries, each domain's terminals with the entry first), or a
+        :class:`ReentryPlan` for a re-entry checkpoint."""
         env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
         obs, _ = env.reset(seed=0, options={"source": source, "members": list(members)})
         while env.phase == "inter" and env.agents:
@@ -78,6 +97,9 @@ class RootAgent:
             obs, *_ = env.step(actions)
         if env.failure is not None:
             raise DecompositionError(f"root agent: {env.failure}")
+        if self.reentry:
+            return ReentryPlan(crossings=tuple((bp, bc) for _, bp, bc in env.plan), segments=env.segment_plan(),
+                               weight="loss" if env.config.objective == "loss" else "delay_ms")
         terminals = {}
         for d, entry in env.entry.items():
             rest = [t for t in dict.fromkeys([*env.local_members[d], *env.exits[d]]) if t != entry]
@@ -93,8 +115,13 @@ class DomainAgent:
         self.topology, self.domain = topology, domain
         self.policy, self.checkpoint_dir = _load(topology, checkpoint_dir)
 
-    def segment(self, snapshot: LinkStateSnapshot, terminals) -> nx.Graph:
-        """The intra-domain tree spanning ``terminals`` (entry first), grafted by this domain's agent."""
+    def segment(self, snapshot: LinkStateSnapshot, terminals, entries=None) -> nx.Graph:
+        """The intra-domain tree spanning ``terminals`` (entry first), grafted by this domain's agent.
+
+        Re-entry checkpoint: ``entries`` are ``(node, rank)`` pairs and ``terminals`` ``(node, bound)`` pairs
+        (:class:`ReentryPlan`); the result is the forest of this domain's components."""
+        if entries is not None:
+            return self._components(snapshot, entries, terminals)
         entry, *rest = terminals
         if any(self.topology.domain_of[t] != self.domain for t in terminals):
             raise MulticastError(f"segment terminals {list(terminals)} are not all in domain {self.domain}")
@@ -104,6 +131,23 @@ class DomainAgent:
             return seg
         env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
         obs, infos = env.reset(seed=0, options={"source": entry, "members": rest})
+        me = domain_agent(self.domain)
+        while env.agents:
+            actions = {a: len(obs[a]["action_mask"]) - 1 for a in env.agents}
+            if infos[me]["active"]:
+                actions[me] = _greedy(self.policy, me, obs)
+            obs, _, _, _, infos = env.step(actions)
+        if infos[ROOT]["tree"] is None:
+            raise MulticastError(f"domain agent {self.domain}: {infos[ROOT]['failure']}")
+        return infos[ROOT]["tree"]
+
+    def _components(self, snapshot: LinkStateSnapshot, entries, terminals) -> nx.Graph:
+        if not self.policy.env_config.reentry:
+            raise MulticastError(f"domain agent {self.domain}: its checkpoint {self.checkpoint_dir} does not plan "
+                                 "re-entry, but the root sent several entries")
+        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
+        spec = {"domain": self.domain, "entries": dict(entries), "terminals": dict(terminals)}
+        obs, infos = env.reset(seed=0, options={"segments": spec})
         me = domain_agent(self.domain)
         while env.agents:
             actions = {a: len(obs[a]["action_mask"]) - 1 for a in env.agents}

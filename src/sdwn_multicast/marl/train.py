@@ -101,10 +101,11 @@ class TrainConfig:
     init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
     objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss" | "cost"
     cost_offset: float = 0.0           # cost objectives: MarlEnvConfig.cost_offset (summaries and expert)
+    reentry: bool = False              # cost objectives: the root may enter a domain more than once
 
     def env_config(self) -> MarlEnvConfig:
         """The environment configuration this run trains (and its checkpoint is served) with."""
-        return MarlEnvConfig(objective=self.objective, cost_offset=self.cost_offset)
+        return MarlEnvConfig(objective=self.objective, cost_offset=self.cost_offset, reentry=self.reentry)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -113,6 +114,8 @@ class TrainConfig:
             raise TrainConfigError("cost_offset must be non-negative and is only used by the delay / loss objectives")
         if self.cost_offset and self.objective == "cost":
             raise TrainConfigError("the cost objective grafts by the plain link cost (cost_offset 0, Takahashi-Matsuyama)")
+        if self.reentry and self.objective == "bandwidth":
+            raise TrainConfigError("reentry plans by an additive link cost: use objective delay, loss or cost")
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.expert not in EXPERTS:
@@ -154,15 +157,15 @@ PRESETS: dict[str, TrainConfig] = {
                            bc_episodes=1024, bc_epochs=60),
     "geant": TrainConfig(topology="geant", n_domains=3, episodes=800, episodes_per_update=16, n_snapshots=128,
                          bc_episodes=1024, bc_epochs=60),
-    # the delay- and loss-weighted variants (cheapest-path grafting expert, cost summaries)
-    "paper30-delay": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                                 bc_episodes=1024, bc_epochs=60, objective="delay", cost_offset=0.1),
-    "paper30-loss": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                                bc_episodes=1024, bc_epochs=60, objective="loss", cost_offset=0.1),
-    # cost-minimising: reward -tree cost (the ILP's objective), pure Takahashi-Matsuyama expert (offset 0)
-    "paper30-cost": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                                bc_episodes=1024, bc_epochs=60, objective="cost"),
 }
+# the delay- and loss-weighted variants (cheapest-path grafting expert, cost summaries) and the cost-minimising
+# one (reward -tree cost, the ILP's objective; pure Takahashi-Matsuyama expert, offset 0), for paper30 and
+# GEANT; their root may re-enter domains (MarlEnvConfig.reentry)
+for _topo, _k in (("paper30", None), ("geant", 3)):
+    for _obj, _off in (("delay", 0.1), ("loss", 0.05), ("cost", 0.0)):
+        PRESETS[f"{_topo}-{_obj}"] = TrainConfig(
+            topology=_topo, n_domains=_k, episodes=800, episodes_per_update=16, n_snapshots=128,
+            bc_episodes=1024, bc_epochs=60, objective=_obj, cost_offset=_off, reentry=True)
 
 
 # ---- networks ----
