@@ -279,7 +279,8 @@ class RootController:
             missing = [e for e in tree.edges if not graph.has_edge(*e)]
             if missing:
                 raise ControlPlaneError(f"segments use links that are not up: {missing[:3]}")
-            tree = tree_from_edges(graph, tree.edges, (req.source, *members), plan.weight)
+            edges = graph.subgraph(tree.nodes).edges if plan.induced else tree.edges
+            tree = tree_from_edges(graph, edges, (req.source, *members), plan.weight)
         else:
             tree = prune_tree(tree, (req.source, *members))
         validate_tree(graph, tree, req.source, members)

@@ -92,7 +92,8 @@ In the intra phase, every entry starts a component of rank k (the source 0, the 
 A member grafts onto any component of its domain. The exit of crossing k grafts only onto components of
 rank < k, so each component stays connected to the source through earlier ones. A walk may pass through
 nodes of components it may not attach to. The union of the components and the crossings is then reduced
-to its cheapest spanning tree and pruned.
+to its cheapest spanning tree and pruned. For the ``"cost"`` objective that spanning tree may use every up
+link between the union's nodes (KMB's final step), which can only lower the tree cost the reward scores.
 
 Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck,
 components, the ``networkx`` graph) is computed once per snapshot and cached; a step
@@ -1046,7 +1047,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         tree.add_edges_from((bp, bc) for _, bp, bc in self.plan)
         if self.config.reentry:  # segments of one domain may overlap: the cheapest spanning tree of the union
             weight = "loss" if self.config.objective == "loss" else "delay_ms"  # MST needs only the order
-            tree = tree_from_edges(self.graph, tree.edges, (self.source, *self.members), weight)
+            edges = self.graph.subgraph(tree.nodes).edges if self.config.objective == "cost" else tree.edges
+            tree = tree_from_edges(self.graph, edges, (self.source, *self.members), weight)
         else:
             tree = prune_tree(tree, (self.source, *self.members))
         validate_tree(self.graph, tree, self.source, self.members)

@@ -74,6 +74,9 @@ class ReentryPlan:
     segments: dict
     #: link attribute the union's spanning tree minimises (the order of the agents' link cost)
     weight: str = "delay_ms"
+    #: span every up link between the union's nodes, not only the union's own (the cost objective: the
+    #: tree's cost, the reward, can only drop)
+    induced: bool = False
 
 
 class RootAgent:
@@ -99,7 +102,8 @@ class RootAgent:
             raise DecompositionError(f"root agent: {env.failure}")
         if self.reentry:
             return ReentryPlan(crossings=tuple((bp, bc) for _, bp, bc in env.plan), segments=env.segment_plan(),
-                               weight="loss" if env.config.objective == "loss" else "delay_ms")
+                               weight="loss" if env.config.objective == "loss" else "delay_ms",
+                               induced=env.config.objective == "cost")
         terminals = {}
         for d, entry in env.entry.items():
             rest = [t for t in dict.fromkeys([*env.local_members[d], *env.exits[d]]) if t != entry]
