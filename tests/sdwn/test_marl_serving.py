@@ -37,20 +37,25 @@ def test_root_plan_and_domain_segments_compose_into_a_valid_tree():
         validate_tree(snap.to_graph(), tree, req.source, req.members)
 
 
+def _marl_tree(plane, group: int, members, source: int) -> nx.Graph:
+    """Join ``members`` to ``group``, wait for the root to see them, and have the agents build its tree."""
+    client = plane.client(f"t-marl-{group}")
+    for m in members:
+        client.join(group=group, member=m, ttl_s=60)
+    deadline = time.monotonic() + 10
+    while set(client.group_view(group).members) != set(members) and time.monotonic() < deadline:
+        time.sleep(0.05)  # joins reach the root with the next domain report
+    commit = client.request_tree(group=group, source=source, timeout_s=15, policy="marl")
+    return nx.Graph(list(commit.edges))
+
+
 @pytest.mark.timeout(120)
 def test_controller_processes_serve_trees_decided_by_their_agents():
     from sdwn_multicast.control import ControlPlane
 
     with ControlPlane("paper30", sync_period_s=0.3, marl=True) as plane:
-        client = plane.client("t-marl")
         members = (5, 14, 19, 25, 29)
-        for m in members:
-            client.join(group=3, member=m, ttl_s=60)
-        deadline = time.monotonic() + 10
-        while set(client.group_view(3).members) != set(members) and time.monotonic() < deadline:
-            time.sleep(0.05)  # joins reach the root with the next domain report
-        commit = client.request_tree(group=3, source=2, timeout_s=15, policy="marl")
-        tree = nx.Graph(list(commit.edges))
+        tree = _marl_tree(plane, 3, members, source=2)
         validate_tree(plane.topology.graph, tree, 2, members)
         dom = plane.topology.domain_of
         assert sum(dom[u] != dom[v] for u, v in tree.edges) == 2  # D1 -> D2 -> D3, each entered once
@@ -93,12 +98,5 @@ def test_controller_processes_serve_the_reentry_cost_agents():
 
     ckpt = committed_checkpoint_for(paper_topology(), "cost")
     with ControlPlane("paper30", sync_period_s=0.3, marl=True, marl_checkpoint=str(ckpt)) as plane:
-        client = plane.client("t-marl-cost")
         members = (5, 14, 19, 25, 29)
-        for m in members:
-            client.join(group=4, member=m, ttl_s=60)
-        deadline = time.monotonic() + 10
-        while set(client.group_view(4).members) != set(members) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        commit = client.request_tree(group=4, source=2, timeout_s=15, policy="marl")
-        validate_tree(plane.topology.graph, nx.Graph(list(commit.edges)), 2, members)
+        validate_tree(plane.topology.graph, _marl_tree(plane, 4, members, source=2), 2, members)

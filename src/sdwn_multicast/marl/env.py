@@ -704,22 +704,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
         """
         nbr_cost = self._view.nbr_cost[d]
         blocked, seg = self._graft_sources(d)
-        n = len(blocked)
-        dist = [math.inf] * n
-        heap = []
-        for i in seg:
-            dist[i] = 0.0
-            heap.append((0.0, i))
-        done = [False] * n
-        while heap:
-            c, i = heapq.heappop(heap)
-            if done[i]:
-                continue
-            done[i] = True
-            for j, w in nbr_cost[i]:
-                if not blocked[j] and c + w < dist[j]:
-                    dist[j] = c + w
-                    heapq.heappush(heap, (c + w, j))
+        dist = _dijkstra(nbr_cost, seg, blocked)[0]
         return np.array(dist), self._segment_hops(nbr_cost, seg, blocked)
 
     def _graft_closeness(self, d: int) -> np.ndarray:

@@ -133,25 +133,19 @@ class DomainAgent:
         seg.add_node(entry)
         if not rest:
             return seg
-        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
-        obs, infos = env.reset(seed=0, options={"source": entry, "members": rest})
-        me = domain_agent(self.domain)
-        while env.agents:
-            actions = {a: len(obs[a]["action_mask"]) - 1 for a in env.agents}
-            if infos[me]["active"]:
-                actions[me] = _greedy(self.policy, me, obs)
-            obs, _, _, _, infos = env.step(actions)
-        if infos[ROOT]["tree"] is None:
-            raise MulticastError(f"domain agent {self.domain}: {infos[ROOT]['failure']}")
-        return infos[ROOT]["tree"]
+        return self._play(snapshot, {"source": entry, "members": rest})
 
     def _components(self, snapshot: LinkStateSnapshot, entries, terminals) -> nx.Graph:
         if not self.policy.env_config.reentry:
             raise MulticastError(f"domain agent {self.domain}: its checkpoint {self.checkpoint_dir} does not plan "
                                  "re-entry, but the root sent several entries")
-        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
         spec = {"domain": self.domain, "entries": dict(entries), "terminals": dict(terminals)}
-        obs, infos = env.reset(seed=0, options={"segments": spec})
+        return self._play(snapshot, {"segments": spec})
+
+    def _play(self, snapshot: LinkStateSnapshot, options: dict) -> nx.Graph:
+        """One episode in which only this domain's agent acts (greedily); the graph it built."""
+        env = CrossDomainMulticastEnv(snapshot, self.policy.env_config)
+        obs, infos = env.reset(seed=0, options=options)
         me = domain_agent(self.domain)
         while env.agents:
             actions = {a: len(obs[a]["action_mask"]) - 1 for a in env.agents}
