@@ -28,13 +28,13 @@ from .test_marl_objectives import _expert_episode
 REENTRY = MarlEnvConfig(objective="cost", reentry=True)
 
 
-def test_reentry_needs_a_cost_objective():
-    with pytest.raises(ValueError, match="reentry"):
-        MarlEnvConfig(reentry=True)
-    with pytest.raises(TrainConfigError, match="reentry"):
-        TrainConfig(reentry=True)
-    for name in ("paper30-cost", "geant-delay", "geant-loss"):
+def test_every_committed_preset_plans_with_reentry():
+    assert not MarlEnvConfig().reentry and not TrainConfig().reentry  # the paper's decomposition by default
+    for name in ("paper30", "geant", "paper30-cost", "geant-delay", "geant-loss"):
         assert PRESETS[name].env_config().reentry
+    assert not PRESETS["tiny"].reentry
+    with pytest.raises(TrainConfigError):
+        TrainConfig(objective="bandwidth", cost_offset=0.1)
 
 
 def test_reentry_parallel_api(paper_snapshot):

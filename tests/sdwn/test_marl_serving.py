@@ -21,10 +21,21 @@ def test_snapshot_from_reported_links_reproduces_the_link_state_agents_read():
     assert (rebuilt.free_bw_mbps == snap.free_bw_mbps).all() and (rebuilt.delay_ms == snap.delay_ms).all()
 
 
-def test_root_plan_and_domain_segments_compose_into_a_valid_tree():
+def test_root_plan_and_domain_segments_compose_into_a_valid_tree(tmp_path):
+    """The "each domain entered once" contract (CrossDomainPlan, one segment per domain): the committed
+    bandwidth weights served with re-entry switched off."""
+    import json
+    import shutil
+
+    from sdwn_multicast.evaluation import committed_checkpoint_for
+
     topo = paper_topology()
-    root = RootAgent(topo)
-    domains = [DomainAgent(topo, d) for d in range(topo.n_domains)]
+    ckpt = tmp_path / "once"
+    shutil.copytree(committed_checkpoint_for(topo), ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "reentry": False}))
+    root = RootAgent(topo, ckpt)
+    domains = [DomainAgent(topo, d, ckpt) for d in range(topo.n_domains)]
     for req, snap in make_requests(topo, 6, seed=9):
         plan = root.plan(snap, req.source, req.members)
         tree = nx.Graph()
@@ -58,7 +69,7 @@ def test_controller_processes_serve_trees_decided_by_their_agents():
         tree = _marl_tree(plane, 3, members, source=2)
         validate_tree(plane.topology.graph, tree, 2, members)
         dom = plane.topology.domain_of
-        assert sum(dom[u] != dom[v] for u, v in tree.edges) == 2  # D1 -> D2 -> D3, each entered once
+        assert sum(dom[u] != dom[v] for u, v in tree.edges) >= 2  # members in all three domains
 
 
 def test_reentry_agents_split_across_controllers_build_the_evaluated_tree():

@@ -196,6 +196,40 @@ def _dijkstra(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], block
     return dist, pred
 
 
+def _widest(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], blocked: Sequence[bool] | None = None
+            ) -> tuple[list[float], list[float], list[int]]:
+    """Multi-source widest-shortest paths over ``nbrs[i] = [(j, Mb/s), ...]``: per node the widest bottleneck
+    (inf at sources, 0 if unreachable), the fewest hops among the widest paths, and the predecessor (-1 for
+    sources and unreached). Dijkstra ordered by (bottleneck descending, hops ascending); ``blocked`` nodes are
+    never entered."""
+    n = len(nbrs)
+    bw, hops, pred = [0.0] * n, [math.inf] * n, [-1] * n
+    heap = []
+    for i in sources:
+        bw[i], hops[i] = math.inf, 0
+        heap.append((-math.inf, 0, i))
+    heapq.heapify(heap)
+    done = [False] * n
+    while heap:
+        nb, h, i = heapq.heappop(heap)
+        if done[i]:
+            continue
+        done[i] = True
+        for j, w in nbrs[i]:
+            if blocked is not None and blocked[j]:
+                continue
+            c = min(-nb, w)
+            if c > bw[j] or (c == bw[j] and h + 1 < hops[j]):
+                bw[j], hops[j], pred[j] = c, h + 1, i
+                heapq.heappush(heap, (-c, h + 1, j))
+    return bw, hops, pred
+
+
+def mst_weight(objective: str) -> str:
+    """The link attribute whose spanning tree a re-entry union is reduced to (only its order matters)."""
+    return {"bandwidth": "inv_bw", "loss": "loss"}.get(objective, "delay_ms")
+
+
 def link_cost(objective: str, delay_ms, loss, config: MarlEnvConfig):
     """Scaled additive cost of links for a cost objective: delay / delay_ref ("delay", "cost") or -ln(1 - loss) / -ln(1 - loss_ref)."""
     if objective in ("delay", "cost"):  # "cost": the ILP's delay_ms weight, scaled
@@ -244,6 +278,13 @@ class _SnapshotView:
                 du, dv = topo.domain_of[u], topo.domain_of[v]
                 self.boundary_out[du].append((env._local[du][u], dv, float(self.inter_bw[k])))
                 self.boundary_out[dv].append((env._local[dv][v], du, float(self.inter_bw[k])))
+        # whole network, by topology.nodes index: neighbours with free Mb/s (re-entry planning by bandwidth)
+        self.gnbr_bw: list[list[tuple[int, float]]] = [[] for _ in topo.nodes]
+        for k, (u, v) in enumerate(topo.edges):
+            if snapshot.up[k]:
+                w = max(float(free[k]), 1e-6)
+                self.gnbr_bw[topo.node_index[u]].append((topo.node_index[v], w))
+                self.gnbr_bw[topo.node_index[v]].append((topo.node_index[u], w))
         # cost objectives: scaled additive link costs (inf = no up link), cheapest paths, neighbour lists
         self.cost, self.cheapest, self.nbr_cost, self.inter_cost = [], [], [], None
         if cfg.objective != "bandwidth":
@@ -286,8 +327,8 @@ class MarlEnvConfig:
     #: which a pure sum-of-costs expert does not minimise); 0 = plain additive cost. The reward is unchanged.
     cost_offset: float = 0.0
     cost_floor: float = 0.02
-    #: cost objectives: the root may enter a domain more than once (a new segment per entry; module
-    #: docstring, "Re-entry"); False keeps "each domain entered once" (the committed bandwidth agents)
+    #: the root may enter a domain more than once (a new component per entry; module docstring, "Re-entry");
+    #: False keeps "each domain entered once" (the paper's decomposition)
     reentry: bool = False
 
     def __post_init__(self) -> None:
@@ -295,8 +336,6 @@ class MarlEnvConfig:
             raise ValueError("cost_offset must be non-negative and cost_floor positive")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.reentry and self.objective == "bandwidth":
-            raise ValueError("reentry plans by an additive link cost: it needs objective 'delay', 'loss' or 'cost'")
         lo, hi = self.group_size
         if not 1 <= lo <= hi:
             raise ValueError(f"group_size must satisfy 1 <= min <= max, got {self.group_size}")
@@ -813,29 +852,49 @@ class CrossDomainMulticastEnv(ParallelEnv):
             rest = [m for m in self.members if m not in self.planned]
             if not rest:
                 return
-            dist, pred = _dijkstra(self._view.gnbr_cost, [idx[n] for n in self.planned])
-            m = min(rest, key=lambda n: (dist[idx[n]], idx[n]))
+            value, hops, pred = self._search(None, [idx[n] for n in self.planned])
+            m = min(rest, key=lambda n: (*self._rank(value[idx[n]], hops[idx[n]]), idx[n]))
             path = [idx[m]]
             while pred[path[-1]] >= 0:
                 path.append(pred[path[-1]])
-            if not math.isfinite(dist[idx[m]]) or any(dom[nodes[i]] != dom[m] for i in path):
+            if not self._reached(value[idx[m]]) or any(dom[nodes[i]] != dom[m] for i in path):
                 return
             self.planned.update(nodes[i] for i in path)
+
+    def _search(self, d: int | None, sources: Sequence[int], blocked: Sequence[bool] | None = None):
+        """Re-entry planning paths from ``sources`` inside domain ``d`` (local indices) or, for ``d`` None, over
+        the whole network: (value, hops, predecessor) per node. The value is the cheapest cost (cost
+        objectives; inf if unreachable) or the widest bottleneck in Mb/s, fewest hops among the widest
+        ("bandwidth"; 0 if unreachable)."""
+        v = self._view
+        if self.config.objective == "bandwidth":
+            return _widest(v.gnbr_bw if d is None else v.nbr_bw[d], sources, blocked)
+        dist, pred = _dijkstra(v.gnbr_cost if d is None else v.nbr_cost[d], sources, blocked)
+        return dist, [0.0] * len(dist), pred
+
+    def _reached(self, value: float) -> bool:
+        return value > 0 if self.config.objective == "bandwidth" else math.isfinite(value)
+
+    def _rank(self, value: float, hops: float) -> tuple:
+        """Sort key of a planning value, best first: cheapest, or widest (quantised) then fewest hops."""
+        if self.config.objective == "bandwidth":
+            return -math.floor(value / self.config.graft_order_bw_step_mbps + 1e-9), hops
+        return round(value, 9), hops
 
     def _plan_search(self) -> None:
         """Per domain: cheapest intra-domain paths from the planned tree; whole network: cheapest path from
         each node to a member not yet planned, avoiding the planned tree (``onward``)."""
         dom, idx = self.topology.domain_of, self.topology.node_index
-        self._adist: dict[int, tuple[list[float], list[int]]] = {}
+        self._adist: dict[int, tuple[list[float], list[float], list[int]]] = {}
         for d in range(self.topology.n_domains):
             src = [self._local[d][n] for n in self.planned if dom[n] == d]
             if src:
-                self._adist[d] = _dijkstra(self._view.nbr_cost[d], src)
+                self._adist[d] = self._search(d, src)
         blocked = [False] * len(self.topology.nodes)
         for n in self.planned:
             blocked[idx[n]] = True
         rest = [idx[m] for m in self.members if m not in self.planned]
-        self._onward = _dijkstra(self._view.gnbr_cost, rest, blocked)[0]
+        self._onward = self._search(None, rest, blocked)[:2]
 
     def _reentry_root_mask(self, mask: np.ndarray) -> np.ndarray:
         """A crossing u -> v is valid if the link is up, u is reachable inside its domain from the planned
@@ -843,13 +902,13 @@ class CrossDomainMulticastEnv(ParallelEnv):
         self._plan_search()
         dom, idx = self.topology.domain_of, self.topology.node_index
         for r in range(self._n_cross):
-            if not np.isfinite(self._view.inter_cost[r % len(self._inter)]):
+            if self._view.inter_bw[r % len(self._inter)] <= 0:  # link down
                 continue
             u, v = self._oriented(r)
             a = self._adist.get(dom[u])
-            if a is None or not math.isfinite(a[0][self._local[dom[u]][u]]):
+            if a is None or not self._reached(a[0][self._local[dom[u]][u]]):
                 continue
-            if v not in self.planned and math.isfinite(self._onward[idx[v]]):
+            if v not in self.planned and self._reached(self._onward[0][idx[v]]):
                 mask[r] = 1
         if not mask.any():
             mask[-1] = 1  # no crossing reaches the rest (cannot happen for a connected request); step fails
@@ -863,7 +922,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
         u, v = self._oriented(action)
         dom = self.topology.domain_of
         du, dv = dom[u], dom[v]
-        pred = self._adist[du][1]
+        pred = self._adist[du][2]
         i = self._local[du][u]
         while i >= 0:  # the cheapest path from the planned tree to the exit joins the plan
             self.planned.add(self._dnodes[du][i])
@@ -886,18 +945,34 @@ class CrossDomainMulticastEnv(ParallelEnv):
             self._start_reentry_intra()
         return 0.0
 
-    def _reentry_crossing_costs(self, r: int) -> tuple[float, float, float]:
-        """Re-entry root candidate ``r`` (an oriented link; zeros unless valid now): closeness 1 / (1 + cost)
-        of the cheapest path planned tree -> exit -> link -> entry -> nearest member not yet planned, of the
-        onward part (entry -> member) alone, and 1.0 (no separate transit term)."""
-        if self.phase != "inter" or not self._mask[ROOT][r] or r == self._n_cross:
-            return 0.0, 0.0, 0.0
+    def reentry_crossing_value(self, r: int) -> tuple[float, float, float] | None:
+        """Re-entry root candidate ``r`` (an oriented link), None unless valid now: (value of the best path
+        planned tree -> exit -> link -> entry -> nearest member not yet planned, value of its onward part
+        entry -> member, hops of the whole path). Values are scaled costs (cost objectives) or bottlenecks in
+        Mb/s ("bandwidth")."""
+        if self.phase != "inter" or r >= self._n_cross or not self._mask[ROOT][r]:
+            return None
         u, v = self._oriented(r)
-        du = self.topology.domain_of[u]
-        a = self._adist[du][0][self._local[du][u]]
-        o = self._onward[self.topology.node_index[v]]
-        w = self._view.inter_cost[r % len(self._inter)]
-        return float(1.0 / (1.0 + a + w + o)), float(1.0 / (1.0 + o)), 1.0
+        du, j, iv = self.topology.domain_of[u], r % len(self._inter), self.topology.node_index[v]
+        a, a_hops, _ = (x[self._local[du][u]] for x in self._adist[du])
+        o, o_hops = self._onward[0][iv], self._onward[1][iv]
+        hops = a_hops + 1 + o_hops
+        if self.config.objective == "bandwidth":
+            return min(a, self._view.inter_bw[j], o), o, hops
+        return a + self._view.inter_cost[j] + o, o, hops
+
+    def _reentry_crossing_costs(self, r: int) -> tuple[float, float, float]:
+        """The root's three summary columns for candidate ``r`` (zeros unless valid now): the whole path's
+        closeness 1 / (1 + cost) or bottleneck / ``bw_ref_mbps``, the onward part's, and 1.0 (no separate
+        transit term, so the actor's combination of the columns is the whole path's value)."""
+        val = self.reentry_crossing_value(r)
+        if val is None:
+            return 0.0, 0.0, 0.0
+        total, onward, _ = val
+        if self.config.objective == "bandwidth":
+            ref = self.config.bw_ref_mbps
+            return min(total, ref) / ref, min(onward, ref) / ref, 1.0
+        return float(1.0 / (1.0 + total)), float(1.0 / (1.0 + onward)), 1.0
 
     def _reentry_root_crossings(self) -> np.ndarray:
         n_l = len(self._inter)
@@ -907,7 +982,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
         for r in range(self._n_cross):
             u, v = self._oriented(r)
             a = self._adist.get(dom[u]) if self.phase == "inter" else None
-            extra[r, 0] = a is not None and math.isfinite(a[0][self._local[dom[u]][u]])
+            extra[r, 0] = a is not None and self._reached(a[0][self._local[dom[u]][u]])
             extra[r, 1] = v in self.planned
             extra[r, 2] = r % n_l in chosen
             extra[r, 3:] = self._reentry_crossing_costs(r)
@@ -942,7 +1017,8 @@ class CrossDomainMulticastEnv(ParallelEnv):
         return 0 <= lab < self._bound[d][t]
 
     def _reentry_next_walk(self, d: int) -> None:
-        """The pending terminal cheapest to reach one of the components it may attach to grafts next."""
+        """The pending terminal best placed to reach one of the components it may attach to grafts next
+        (cheapest, or widest then fewest hops for "bandwidth")."""
         self.walk[d] = []
         self.pending[d] = [t for t in self.pending[d] if not self._grafted(d, t)]
         if not self.pending[d]:
@@ -950,9 +1026,9 @@ class CrossDomainMulticastEnv(ParallelEnv):
         loc, best, best_key = self._local[d], 0, None
         for b in sorted({self._bound[d][t] for t in self.pending[d]}):
             self._walk_bound[d] = b
-            dist, hops = self.graft_cost_view(d)
+            value, hops = self.graft_view(d) if self.config.objective == "bandwidth" else self.graft_cost_view(d)
             for k, t in enumerate(self.pending[d]):
-                key = (round(dist[loc[t]], 9), hops[loc[t]], k)
+                key = (*self._rank(value[loc[t]], hops[loc[t]]), k)
                 if self._bound[d][t] == b and (best_key is None or key < best_key):
                     best, best_key = k, key
         t = self.pending[d].pop(best)
@@ -966,10 +1042,17 @@ class CrossDomainMulticastEnv(ParallelEnv):
             walk.append(nxt)
             return
         nx.add_path(self.segment[d], [*walk, nxt])
-        for node in walk:  # the walk joins component k (a node on two components keeps the earlier one)
+        # the walk joins component k (a node on two components keeps the earlier one); its nodes inherit the
+        # attachment's bottleneck, narrowed link by link back to the terminal
+        seg_bw, bw = self._seg_bw[d], self._view.bw[d]
+        prev = loc[nxt]
+        b = seg_bw[prev]
+        for node in reversed(walk):
             i = loc[node]
             lab[i] = k if lab[i] < 0 else min(lab[i], k)
-            self._seg_bw[d][i] = max(self._seg_bw[d][i], 0.0)
+            b = min(b, bw[prev, i])
+            seg_bw[i] = max(seg_bw[i], b)
+            prev = i
         self._next_walk(d)
 
     # ---- step ----
@@ -1031,7 +1114,7 @@ class CrossDomainMulticastEnv(ParallelEnv):
             tree.add_edges_from(seg.edges)
         tree.add_edges_from((bp, bc) for _, bp, bc in self.plan)
         if self.config.reentry:  # segments of one domain may overlap: the cheapest spanning tree of the union
-            weight = "loss" if self.config.objective == "loss" else "delay_ms"  # MST needs only the order
+            weight = mst_weight(self.config.objective)  # a spanning tree needs only the order of the weights
             edges = self.graph.subgraph(tree.nodes).edges if self.config.objective == "cost" else tree.edges
             tree = tree_from_edges(self.graph, edges, (self.source, *self.members), weight)
         else:
@@ -1248,6 +1331,12 @@ def widest_expert_action(env: CrossDomainMulticastEnv, agent: str, bw_step_mbps:
         return len(mask) - 1
     q = lambda x: math.floor(x / bw_step_mbps + 1e-9)  # noqa: E731 - quantiser shared by both branches
     if agent == ROOT:
+        if env.config.reentry:  # the widest (then shortest) path to the next member, its crossing
+            def reentry_key(r: int):
+                total, _, hops = env.reentry_crossing_value(r)
+                return q(total), -hops, -r
+            return int(max(valid, key=reentry_key))
+
         def root_key(j: int):
             exit_bw, entry_bw, transit_bw = env.crossing_bottlenecks(j)
             return q(min(exit_bw, env._view.inter_bw[j], max(entry_bw, transit_bw))), -j

@@ -24,7 +24,7 @@ import torch
 from ..simulator import LinkStateSnapshot
 from ..topology import MultiDomainTopology, Node
 from ..trees import CrossDomainPlan, DecompositionError, MulticastError
-from .env import ROOT, CrossDomainMulticastEnv, domain_agent
+from .env import ROOT, CrossDomainMulticastEnv, domain_agent, mst_weight
 from .policy import obs_to_tensors
 from .train import load_policy
 
@@ -102,7 +102,7 @@ class RootAgent:
             raise DecompositionError(f"root agent: {env.failure}")
         if self.reentry:
             return ReentryPlan(crossings=tuple((bp, bc) for _, bp, bc in env.plan), segments=env.segment_plan(),
-                               weight="loss" if env.config.objective == "loss" else "delay_ms",
+                               weight=mst_weight(env.config.objective),
                                induced=env.config.objective == "cost")
         terminals = {}
         for d, entry in env.entry.items():

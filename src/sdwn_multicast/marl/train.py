@@ -101,7 +101,7 @@ class TrainConfig:
     init_from: str | None = None       # start from this training output's actors (offline -> online fine-tuning)
     objective: str = "bandwidth"       # reward emphasis (MarlEnvConfig.objective): "bandwidth" | "delay" | "loss" | "cost"
     cost_offset: float = 0.0           # cost objectives: MarlEnvConfig.cost_offset (summaries and expert)
-    reentry: bool = False              # cost objectives: the root may enter a domain more than once
+    reentry: bool = False              # the root may enter a domain more than once (MarlEnvConfig.reentry)
 
     def env_config(self) -> MarlEnvConfig:
         """The environment configuration this run trains (and its checkpoint is served) with."""
@@ -114,8 +114,6 @@ class TrainConfig:
             raise TrainConfigError("cost_offset must be non-negative and is only used by the delay / loss objectives")
         if self.cost_offset and self.objective == "cost":
             raise TrainConfigError("the cost objective grafts by the plain link cost (cost_offset 0, Takahashi-Matsuyama)")
-        if self.reentry and self.objective == "bandwidth":
-            raise TrainConfigError("reentry plans by an additive link cost: use objective delay, loss or cost")
         if self.critic not in CRITICS:
             raise TrainConfigError(f"critic must be one of {CRITICS}, got {self.critic!r}")
         if self.expert not in EXPERTS:
@@ -154,13 +152,13 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(topology="paper9", episodes=12, episodes_per_update=4, update_epochs=2, hidden=32,
                         n_snapshots=4),
     "paper30": TrainConfig(topology="paper30", episodes=800, episodes_per_update=16, n_snapshots=128,
-                           bc_episodes=1024, bc_epochs=60),
+                           bc_episodes=1024, bc_epochs=60, reentry=True),
     "geant": TrainConfig(topology="geant", n_domains=3, episodes=800, episodes_per_update=16, n_snapshots=128,
-                         bc_episodes=1024, bc_epochs=60),
+                         bc_episodes=1024, bc_epochs=60, reentry=True),
 }
 # the delay- and loss-weighted variants (cheapest-path grafting expert, cost summaries) and the cost-minimising
 # one (reward -tree cost, the ILP's objective; pure Takahashi-Matsuyama expert, offset 0), for paper30 and
-# GEANT; their root may re-enter domains (MarlEnvConfig.reentry)
+# GEANT; like the bandwidth presets, their root may re-enter domains (MarlEnvConfig.reentry)
 for _topo, _k in (("paper30", None), ("geant", 3)):
     for _obj, _off in (("delay", 0.1), ("loss", 0.05), ("cost", 0.0)):
         PRESETS[f"{_topo}-{_obj}"] = TrainConfig(
