@@ -45,6 +45,13 @@ def _elastix() -> Registration:
     return ElastixBsplineRegistration()
 
 
+def _mind_svf() -> Registration:
+    """Pre-procedural pMR -> pCT: ANTs rigid, then a MIND-SSC diffeomorphic refinement (learned/pre_procedural.py)."""
+    from ..learned.pre_procedural import mind_svf
+
+    return mind_svf()
+
+
 def _learned(kind: str) -> Callable[[], Registration | ChainRegistration]:
     """The learned pipeline of Wei et al. 2019 and its CT-CT stage, with the committed weights."""
 
@@ -63,7 +70,7 @@ def _learned(kind: str) -> Callable[[], Registration | ChainRegistration]:
 
 
 _FACTORIES.update({"ants-rigid": _ants("rigid"), "ants-syn-mi": _ants("syn-mi"), "ants-syncc": _ants("syn-cc"),
-                   "elastix-bspline-mi": _elastix, "ants-two-stage": _two_stage})
+                   "elastix-bspline-mi": _elastix, "ants-two-stage": _two_stage, "mind-svf": _mind_svf})
 # "learned" is the pMR -> iCT chain (pre-procedural stage: learned/pipeline.py); the learned-ctct* methods
 # register pCT -> iCT only
 _FACTORIES.update({name: _learned(name) for name in ("learned", "learned-ctct", "learned-ctct-net",

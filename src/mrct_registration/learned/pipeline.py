@@ -2,10 +2,10 @@
 pCT -> iCT (inpainting + registration network + refinement), composed so the pMR is resampled once.
 
 Stage (b), pMR -> pCT, is meant to be the mono-modal registration of pCT to the Cycle-GAN's synthetic CT.
-Until that network exists it is a classical multimodal registration, :data:`PRE_PROCEDURAL_METHOD` (the
-same pre-procedural stage as ``ants-two-stage``), so the two pipelines differ only in the intra-procedural
-part. Pre-procedural stages are named ``pre_*`` and do not count as intra-procedural time; every other
-stage (inpaint, resample, network, refine, to_field, compose, warp) does.
+Our Cycle-GAN route was not good enough, so stage (b) is :data:`PRE_PROCEDURAL_METHOD`: ANTs rigid, then
+instance optimisation of a diffeomorphic field on MIND-SSC descriptors (``mind-svf``,
+:mod:`.pre_procedural`). Pre-procedural stages are named ``pre_*`` and do not count as intra-procedural
+time; every other stage (inpaint, resample, network, refine, to_field, compose, warp) does.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from ..image import Image
 from ..transforms import DisplacementField, compose, warp_image
 from .ctct_registration import LearnedCtCtRegistration
 
-# stand-in for the Cycle-GAN route (pCT -> sCT, mono-modal): on validation phantoms 50002-50004 our ci-preset
-# Cycle-GAN + SyN-CC gave pMR -> pCT liver EPE 6.8 / 7.6 / 8.3 mm against 3.9 / 5.4 / 6.6 mm for SyN-MI
-PRE_PROCEDURAL_METHOD = "ants-syn-mi"
+# pMR -> pCT on validation phantoms 50002-50006 (CI scale, one torch and one ITK thread), means over 5 cases:
+# mind-svf tumour TRE 1.55 mm, liver Dice 0.972, liver EPE 1.50 mm, no folding, about 25 s per case; ants-syn-mi
+# 6.09 mm, 0.938, 5.41 mm; ants-rigid 6.36 mm, 0.950, 5.26 mm (docs/mrct_eval/pre_procedural.md). The earlier
+# stand-in was ants-syn-mi; our ci-preset Cycle-GAN + SyN-CC was worse than it (liver EPE 6.8 / 7.6 / 8.3 mm
+# against 3.9 / 5.4 / 6.6 mm on 50002-50004)
+PRE_PROCEDURAL_METHOD = "mind-svf"
 # instance optimisation at test time: Adam steps (lr 0.1) chosen on validation phantoms 50000-50001, where from
 # the committed network 30 steps gave tumour TRE 0.99 / 2.02 mm and 60 steps 1.25 / 2.09 mm (network alone:
 # 2.47 / 7.57 mm), so the cheaper 30
