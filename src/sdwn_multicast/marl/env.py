@@ -75,24 +75,26 @@ needs, the way a link-state router runs its own shortest-path computation.
 
 Re-entry
 --------
-With ``MarlEnvConfig.reentry`` (cost objectives only) the root is not limited to entering each domain once.
-It keeps a *planned tree*: the node set the tree will hold, starting with the source. Before each root
-decision, every member that the planned tree reaches most cheaply without leaving the member's domain is
-absorbed into it, nearest first (Takahashi-Matsuyama's order), together with its path. The root acts only
-when the nearest remaining member is reached most cheaply over a crossing. Its candidates are the oriented
+With ``MarlEnvConfig.reentry`` the root is not limited to entering each domain once. It keeps a *planned
+tree*: the node set the tree will hold, starting with the source. "Best" paths below are the cheapest for
+the cost objectives and the widest (fewest hops among the widest) for ``"bandwidth"``. Before each root
+decision, every member that the planned tree reaches best without leaving the member's domain is absorbed
+into it, nearest first (Takahashi-Matsuyama's order), together with its path. The root acts only when the
+nearest remaining member is reached best over a crossing. Its candidates are the oriented
 inter-domain links u -> v (row ``j`` is link ``j`` from its first endpoint, row ``L + j`` from its
 second): the link is up, u is reachable inside its domain from the planned tree, v is not planned, and v
 reaches an unabsorbed member without touching the planned tree. The domain of v may already be in the
 plan; v then starts a second component there. A choice adds the path to u and v to the planned tree. The
 planned tree grows at every step, and the nearest member's path always offers a valid crossing, so the
-root can neither loop nor get stuck. Its three cost columns hold, per candidate, the closeness of the
-whole path (planned tree -> u -> v -> nearest unabsorbed member), of the onward part alone, and 1.
+root can neither loop nor get stuck. Its three summary columns hold, per candidate, the whole path's value
+(planned tree -> u -> v -> nearest unabsorbed member: closeness 1 / (1 + cost), or bottleneck /
+``bw_ref_mbps``), the onward part's, and 1.
 
 In the intra phase, every entry starts a component of rank k (the source 0, the k-th crossing's entry k).
 A member grafts onto any component of its domain. The exit of crossing k grafts only onto components of
 rank < k, so each component stays connected to the source through earlier ones. A walk may pass through
 nodes of components it may not attach to. The union of the components and the crossings is then reduced
-to its cheapest spanning tree and pruned. For the ``"cost"`` objective that spanning tree may use every up
+to its best spanning tree (cheapest, or widest by 1 / bandwidth) and pruned. For the ``"cost"`` objective that spanning tree may use every up
 link between the union's nodes (KMB's final step), which can only lower the tree cost the reward scores.
 
 Speed: everything that depends only on the snapshot (per-domain link tensors, all-pairs widest bottleneck,
