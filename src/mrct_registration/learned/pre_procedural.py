@@ -7,9 +7,9 @@ stage compares *local self-similarity* instead: the MIND-SSC descriptor of Heinr
 it holds, for the 12 pairs of six-neighbourhood voxels that are sqrt(2) voxels apart, the patch distance
 between the two neighbours, exp(-D / V) with V the mean of the 12 distances, divided by its largest channel.
 Each channel depends on differences of the image within one patch, normalised by their local size, so the
-descriptor is unchanged by any map a * I + b (a != 0), including a contrast inversion, and is nearly
-unchanged by smooth bias fields and monotonic remappings. It is the same for MR and CT wherever the two
-images show the same edges, whatever their intensities.
+descriptor is unchanged by any map a * I + b (a != 0), including a contrast inversion, and changes little
+under a smooth multiplicative bias field. It is similar for MR and CT wherever the two images show the same
+edges, whatever their intensities.
 
 Steps (all on the fixed pCT image's box in physical space):
 
