@@ -252,9 +252,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.torch_threads)
     pipeline = learned_pipeline(refine_steps=refine_steps)
     console = Console(stderr=True)
-    console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {PRE_PROCEDURAL_METHOD} (pre-procedural, stand-in for the "
-                  f"Cycle-GAN route), pCT -> iCT with inpainting + registration network + {refine_steps} "
-                  "refinement steps, composed, pMR resampled once")
+    console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {PRE_PROCEDURAL_METHOD} (pre-procedural), pCT -> iCT with "
+                  f"inpainting + registration network + {refine_steps} refinement steps, composed, pMR resampled "
+                  "once")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
