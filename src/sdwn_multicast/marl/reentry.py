@@ -75,6 +75,7 @@ class ReentryPlanning:
         self.planned: set[Node] = {self.source}  # the root's planned tree: nodes the tree will hold
         self.entry_rank: dict[Node, int] = {self.source: 0}  # entries in plan order (the source first)
         self.exit_bound: dict[int, dict[Node, int]] = {}  # per domain: exit -> components it may attach to
+        self._idle_root_obs: np.ndarray | None = None  # the root's observation once it is idle (fixed)
         if getattr(self, "_segment_only", False):
             return
         self._absorb()
@@ -212,6 +213,8 @@ class ReentryPlanning:
         return float(1.0 / (1.0 + total)), float(1.0 / (1.0 + onward)), 1.0
 
     def _reentry_root_crossings(self) -> np.ndarray:
+        if self.phase != "inter" and self._idle_root_obs is not None:
+            return self._idle_root_obs  # the plan no longer changes once the domains graft
         n_l = len(self._inter)
         extra = np.zeros((self._n_cross, len(ROOT_CROSSING_EXTRA)), dtype=np.float32)
         chosen = {j for j, _, _ in self.plan}
@@ -223,7 +226,10 @@ class ReentryPlanning:
             extra[r, 1] = v in self.planned
             extra[r, 2] = r % n_l in chosen
             extra[r, 3:] = self._reentry_crossing_costs(r)
-        return np.concatenate([np.concatenate([self._view.inter_features] * 2), extra], axis=1)
+        out = np.concatenate([np.concatenate([self._view.inter_features] * 2), extra], axis=1)
+        if self.phase != "inter":
+            self._idle_root_obs = out
+        return out
 
     def _start_reentry_intra(self) -> None:
         """Every domain with an entry grafts its members (any component) and exits (earlier components only)
