@@ -37,8 +37,9 @@ def test_every_committed_preset_plans_with_reentry():
         TrainConfig(objective="bandwidth", cost_offset=0.1)
 
 
-def test_reentry_parallel_api(paper_snapshot):
-    env = CrossDomainMulticastEnv(paper_snapshot, REENTRY)
+@pytest.mark.parametrize("objective", ["cost", "bandwidth"])
+def test_reentry_parallel_api(paper_snapshot, objective):
+    env = CrossDomainMulticastEnv(paper_snapshot, MarlEnvConfig(objective=objective, reentry=True))
     parallel_api_test(env, num_cycles=200)
     # one root candidate per direction of every inter-domain link
     n_links = len(env.topology.inter_domain_links)
@@ -47,13 +48,15 @@ def test_reentry_parallel_api(paper_snapshot):
 
 
 @pytest.mark.parametrize("topology", ["paper30", "geant", "abilene"])
-def test_random_masked_policies_always_build_valid_trees(topology):
+@pytest.mark.parametrize("objective", ["delay", "bandwidth"])
+def test_random_masked_policies_always_build_valid_trees(topology, objective):
     """Whatever valid actions the agents take, the episode ends with a valid tree: the masks keep the plan
     and every walk completable, and no crossing can close a cycle through its own descendants."""
     topo = load_topology(topology, n_domains=None if topology == "paper30" else 3, seed=0)
     rng = np.random.default_rng(1)
+    cfg = MarlEnvConfig(objective=objective, cost_offset=0.1 if objective == "delay" else 0.0, reentry=True)
     for req, snap in make_requests(topo, 6, seed=5):
-        env = CrossDomainMulticastEnv(snap, MarlEnvConfig(objective="delay", cost_offset=0.1, reentry=True))
+        env = CrossDomainMulticastEnv(snap, cfg)
         for ep in range(4):
             obs, infos = env.reset(seed=ep, options={"source": req.source, "members": list(req.members)})
             while env.agents:
