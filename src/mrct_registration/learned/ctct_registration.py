@@ -11,7 +11,9 @@ working grid's 5-6 mm voxels.
 
 Instance optimisation (optional, ``refine_steps``) starts from the network's velocity and takes Adam
 steps on the same loss the network was trained with (local NCC + diffusion), for this one pair. It keeps
-the field diffeomorphic (it still integrates a velocity by scaling and squaring).
+the field diffeomorphic (it still integrates a velocity by scaling and squaring). An optional second
+refinement (``fine_shape``, ``fine_steps``) continues it on a finer working grid over the same box: the
+velocity is upsampled there (so its control grid is finer too) and both images are resampled at that resolution.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def refine_velocity(net: DiffeomorphicRegistrationNet, moving: torch.Tensor, fix
     return v.detach()
 
 
+def upsample_velocity(velocity: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A working-grid velocity [1, 3, D, H, W] (voxels) on another working grid of the same box, ``shape`` voxels.
+
+    Trilinear, with voxel edges aligned (``align_corners=False``, as :func:`working_grid`); each channel is
+    rescaled to the new voxel size along its axis, so the field in mm is unchanged.
+    """
+    old = velocity.shape[2:]
+    out = torch.nn.functional.interpolate(velocity, size=tuple(shape), mode="trilinear", align_corners=False)
+    scale = torch.tensor([n / o for n, o in zip(shape, old)], dtype=out.dtype).view(1, 3, 1, 1, 1)
+    return out * scale
+
+
 @dataclass(frozen=True, eq=False)
 class CtCtResult:
     """A pCT -> iCT registration, the iCT as the network saw it (inpainted) and the hole (None: not inpainted)."""
@@ -121,15 +135,22 @@ class LearnedCtCtRegistration:
 
     ``inpaint=None`` skips inpainting (the ablation "without inpainting"); on an iCT without metal the
     inpainting stage finds no hole and changes nothing. Stages, timed separately: ``inpaint``,
-    ``resample`` (both images onto the working grid), ``network``, ``refine``, ``to_field``.
+    ``resample`` (both images onto the working grid), ``network``, ``refine``, ``to_field``. With
+    ``fine_steps`` > 0 the ``refine`` stage also holds a second refinement of ``fine_steps`` Adam steps (lr ``fine_lr``,
+    same loss) on a working grid of ``fine_shape`` voxels over the same box, from the upsampled velocity.
     """
 
     def __init__(self, net: DiffeomorphicRegistrationNet, geometry: NetworkGeometry, inpaint: InpaintFn | None,
-                 refine_steps: int = 0, refine_lr: float = 0.05, name: str = "learned-ctct") -> None:
-        if refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+                 refine_steps: int = 0, refine_lr: float = 0.05, name: str = "learned-ctct",
+                 fine_shape: tuple[int, int, int] | None = None, fine_steps: int = 0, fine_lr: float = 0.05) -> None:
+        if refine_steps < 0 or fine_steps < 0:
+            raise ValueError(f"refine_steps and fine_steps must be >= 0, got {refine_steps}, {fine_steps}")
+        if fine_steps and (fine_shape is None or len(fine_shape) != 3 or min(fine_shape) < 4):
+            raise GeometryError(f"fine_steps > 0 needs fine_shape: 3 sizes >= 4 (z, y, x), got {fine_shape}")
         self.net, self.geometry, self.inpaint = net.eval(), geometry, inpaint
         self.refine_steps, self.refine_lr, self.name = refine_steps, refine_lr, name
+        self.fine_shape = tuple(int(n) for n in fine_shape) if fine_shape is not None else None
+        self.fine_steps, self.fine_lr = fine_steps, fine_lr
 
     def run(self, fixed: Image, moving: Image) -> CtCtResult:
         """The registration and the inpainted iCT it was computed against."""
@@ -146,6 +167,13 @@ class LearnedCtCtRegistration:
         if self.refine_steps:
             with timer.stage("refine"):
                 velocity = refine_velocity(self.net, m, f, velocity, self.geometry, self.refine_steps, self.refine_lr)
+        if self.fine_steps:
+            with timer.stage("refine"):  # counted with the coarse refinement
+                grid = working_grid(fixed.grid, self.fine_shape)
+                f = ct_to_tensor(target, grid, self.geometry.hu_window)
+                m = ct_to_tensor(moving, grid, self.geometry.hu_window)
+                velocity = refine_velocity(self.net, m, f, upsample_velocity(velocity, self.fine_shape),
+                                           self.geometry, self.fine_steps, self.fine_lr)
         with timer.stage("to_field"), torch.no_grad():
             coarse = DisplacementField.from_torch(self.net.integrate(velocity), grid)
             field = DisplacementField.from_point_map(fixed.grid, coarse.map_points)

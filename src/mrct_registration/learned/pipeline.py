@@ -32,6 +32,12 @@ PRE_PROCEDURAL_METHOD = "mind-svf"
 # 2.47 / 7.57 mm), so the cheaper 30
 REFINE_STEPS = 30
 REFINE_LR = 0.1
+# a second refinement on a finer working grid over the same box (working shape x FINE_SCALE, 60 x 72 x 72 at CI
+# scale), FINE_STEPS Adam steps at lr FINE_LR, same loss; chosen on validation phantoms 50000-50006
+# (docs/mrct_eval/pre_procedural.md, "Finer second refinement of the CT-CT stage"); 0 steps switches it off
+FINE_SCALE = 1.5
+FINE_STEPS = 15
+FINE_LR = 0.1
 # what LearnedPipeline.run reports to its ``on_stage`` callback, in order
 PIPELINE_STAGES = ("pre-procedural pMR -> pCT", "inpainting + pCT -> iCT", "compose", "warp pMR")
 
@@ -88,8 +94,12 @@ class LearnedPipeline:
 
 
 def learned_ctct(inpaint: bool = True, refine_steps: int = REFINE_STEPS, name: str = "learned-ctct",
-                 weights: Path | None = None) -> LearnedCtCtRegistration:
-    """The intra-procedural stage with the committed weights (or ``weights``) and the committed inpainter."""
+                 weights: Path | None = None, fine_steps: int | None = None) -> LearnedCtCtRegistration:
+    """The intra-procedural stage with the committed weights (or ``weights``) and the committed inpainter.
+
+    ``fine_steps``: steps of the second, finer refinement; None gives :data:`FINE_STEPS`, or 0 when
+    ``refine_steps`` is 0 (the network alone).
+    """
     from .inpainting import network_inpainter
     from .train_inpainting import COMMITTED_WEIGHTS as INPAINTING_WEIGHTS
     from .train_inpainting import load_inpainter
@@ -97,7 +107,12 @@ def learned_ctct(inpaint: bool = True, refine_steps: int = REFINE_STEPS, name: s
 
     net, config = load_registration_net(weights or COMMITTED_WEIGHTS)
     inpainter = network_inpainter(load_inpainter(INPAINTING_WEIGHTS)) if inpaint else None
-    return LearnedCtCtRegistration(net, config.geometry(), inpainter, refine_steps, REFINE_LR, name)
+    geometry = config.geometry()
+    if fine_steps is None:
+        fine_steps = FINE_STEPS if refine_steps else 0
+    fine_shape = tuple(int(round(FINE_SCALE * n)) for n in geometry.working_shape)
+    return LearnedCtCtRegistration(net, geometry, inpainter, refine_steps, REFINE_LR, name,
+                                   fine_shape=fine_shape, fine_steps=fine_steps, fine_lr=FINE_LR)
 
 
 def synthesis_pre_stage(weights: Path) -> Registration:
