@@ -82,6 +82,7 @@ class Shell(ControlProcess):
         elif kind == "add":  # prefill: rid, prompt, sampling, frontend, decode instance
             target = pick_prefill(self.alive(now), msg[2])
             if target is None or not self.out.try_send(target.name, *msg):
+                self.tick(now)  # the executors' view is a heartbeat old: correct it before the frontend retries
                 self.out.try_send(msg[4], "outputs", [error_output(
                     msg[1], f"no live DP group in {self.inst.name}; retry the request", self.name)])
             else:  # the frontend watches the group that holds the request
@@ -92,6 +93,7 @@ class Shell(ControlProcess):
             need = len(prompt) + sp_wire.get("max_tokens", 16)
             target = pick_decode(self.alive(now), -(-need // 16))
             if target is None or not self.out.try_send(target.name, *msg):
+                self.tick(now)  # as for "add": the executors stop routing here before the retry
                 self.out.try_send(src, "release", rid)
                 self.out.try_send(frontend, "outputs", [error_output(
                     rid, f"no live DP group in {self.inst.name}; retry the request", self.name)])
