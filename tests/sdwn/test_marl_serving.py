@@ -76,8 +76,8 @@ def test_reentry_agents_split_across_controllers_build_the_evaluated_tree():
     """Re-entry checkpoint: root plan + one components request per domain, composed by the root, give
     exactly the tree the single-process evaluation builds, including plans that enter a domain twice."""
     from sdwn_multicast.evaluation import MarlRouter, committed_checkpoint_for
+    from sdwn_multicast.marl.reentry import reduce_union
     from sdwn_multicast.topology import load_topology
-    from sdwn_multicast.trees import tree_from_edges
 
     topo = load_topology("abilene", n_domains=3, seed=0)  # held out: domains of 3-4 APs, re-entry pays
     ckpt = committed_checkpoint_for(topo, "cost")
@@ -94,8 +94,8 @@ def test_reentry_agents_split_across_controllers_build_the_evaluated_tree():
             if terms:
                 union.add_edges_from(domains[d].segment(snap, terms, entries).edges)
         graph = snap.to_graph()
-        assert plan.induced  # the cost objective spans every up link between the union's nodes
-        tree = tree_from_edges(graph, graph.subgraph(union.nodes).edges, (req.source, *req.members), plan.weight)
+        assert plan.objective == "cost"
+        tree = reduce_union(graph, union, (req.source, *req.members), plan.objective)
         validate_tree(graph, tree, req.source, req.members)
         expected = router.build(snap, req.source, req.members)
         assert sorted(map(sorted, tree.edges)) == sorted(map(sorted, expected.edges))

@@ -16,7 +16,7 @@ import time
 import networkx as nx
 
 from ..topology import MultiDomainTopology
-from ..trees import plan_inter_domain, prune_tree, tree_from_edges, validate_tree
+from ..trees import plan_inter_domain, prune_tree, validate_tree
 from .links import check_weight, domain_label, graph_from_links
 from .messages import (
     BoundaryInfo,
@@ -279,8 +279,9 @@ class RootController:
             missing = [e for e in tree.edges if not graph.has_edge(*e)]
             if missing:
                 raise ControlPlaneError(f"segments use links that are not up: {missing[:3]}")
-            edges = graph.subgraph(tree.nodes).edges if plan.induced else tree.edges
-            tree = tree_from_edges(graph, edges, (req.source, *members), plan.weight)
+            from ..marl.reentry import reduce_union  # no torch: the graph code only
+
+            tree = reduce_union(graph, tree, (req.source, *members), plan.objective)
         else:
             tree = prune_tree(tree, (req.source, *members))
         validate_tree(graph, tree, req.source, members)

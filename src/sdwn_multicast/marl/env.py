@@ -122,7 +122,6 @@ from ..trees import (
     MulticastError,
     check_request,
     prune_tree,
-    tree_from_edges,
     validate_tree,
 )
 from .channels import (  # noqa: F401 - re-exported: the actors and tests import them from here
@@ -134,7 +133,7 @@ from .channels import (  # noqa: F401 - re-exported: the actors and tests import
     ROOT_DOMAIN_CHANNELS,
 )
 from .paths import cheapest_all_pairs, dijkstra, widest_bottleneck_all_pairs  # noqa: F401 - re-exported
-from .reentry import NO_BOUND, ReentryPlanning, mst_weight  # noqa: F401 - mst_weight re-exported
+from .reentry import NO_BOUND, ReentryPlanning, reduce_union
 
 #: snapshots whose per-snapshot arrays are kept (offline replay revisits the same few snapshots)
 SNAPSHOT_CACHE_SIZE = 128
@@ -768,10 +767,8 @@ class CrossDomainMulticastEnv(ReentryPlanning, ParallelEnv):
             tree.add_nodes_from(seg.nodes)
             tree.add_edges_from(seg.edges)
         tree.add_edges_from((bp, bc) for _, bp, bc in self.plan)
-        if self.config.reentry:  # segments of one domain may overlap: the cheapest spanning tree of the union
-            weight = mst_weight(self.config.objective)  # a spanning tree needs only the order of the weights
-            edges = self.graph.subgraph(tree.nodes).edges if self.config.objective == "cost" else tree.edges
-            tree = tree_from_edges(self.graph, edges, (self.source, *self.members), weight)
+        if self.config.reentry:  # components of one domain may overlap: the union's best spanning tree
+            tree = reduce_union(self.graph, tree, (self.source, *self.members), self.config.objective)
         else:
             tree = prune_tree(tree, (self.source, *self.members))
         validate_tree(self.graph, tree, self.source, self.members)
@@ -873,8 +870,7 @@ class CrossDomainMulticastEnv(ReentryPlanning, ParallelEnv):
         if cross is None:
             return 0.0, 0.0, 0.0
         bp, bc = cross
-        dom, view = self.topology.domain_of, self._view
-        pd, cd = dom[bp], dom[bc]
+        pd, cd, view = self.topology.domain_of[bp], self.topology.domain_of[bc], self._view
         exit_bw = view.widest[pd][self._local[pd][self.entry[pd]], self._local[pd][bp]]
         row = view.widest[cd][self._local[cd][bc]]
         members = self._member_local[cd]
@@ -903,8 +899,7 @@ class CrossDomainMulticastEnv(ReentryPlanning, ParallelEnv):
             return 0.0, 0.0, 0.0
         bp, bc = cross
         dom, view = self.topology.domain_of, self._view
-        pd, cd = dom[bp], dom[bc]
-        loc = self._local[pd]
+        pd, cd, loc = dom[bp], dom[bc], self._local[dom[bp]]
         if self.config.objective == "cost":
             # Takahashi-Matsuyama at the root: the exit attaches to the nearest node the parent domain's tree
             # will hold (its entry, its members, exits already planned there), not to the entry only

@@ -13,7 +13,7 @@ import networkx as nx
 import numpy as np
 
 from ..topology import Node
-from ..trees import MulticastError
+from ..trees import MulticastError, tree_from_edges
 from .channels import ROOT, ROOT_CROSSING_EXTRA
 from .paths import dijkstra, widest_shortest
 
@@ -21,9 +21,15 @@ from .paths import dijkstra, widest_shortest
 NO_BOUND = 1 << 30
 
 
-def mst_weight(objective: str) -> str:
-    """The link attribute whose spanning tree a re-entry union is reduced to (only its order matters)."""
-    return {"bandwidth": "inv_bw", "loss": "loss"}.get(objective, "delay_ms")
+def reduce_union(graph: nx.Graph, union: nx.Graph, terminals: Sequence[Node], objective: str) -> nx.Graph:
+    """The tree a re-entry plan's union (components + crossings, possibly with cycles) is reduced to: the best
+    spanning tree for ``objective`` (cheapest, or widest by 1 / bandwidth; only the order of the weights
+    matters), pruned to ``terminals``. For ``"cost"`` it may use every up link of ``graph`` between the
+    union's nodes (KMB's last step), which can only lower the tree cost. The environment and the root
+    controller both compose with it."""
+    weight = {"bandwidth": "inv_bw", "loss": "loss"}.get(objective, "delay_ms")
+    edges = graph.subgraph(union.nodes).edges if objective == "cost" else union.edges
+    return tree_from_edges(graph, edges, terminals, weight)
 
 
 class ReentryPlanning:
@@ -76,7 +82,7 @@ class ReentryPlanning:
         self.entry_rank: dict[Node, int] = {self.source: 0}  # entries in plan order (the source first)
         self.exit_bound: dict[int, dict[Node, int]] = {}  # per domain: exit -> components it may attach to
         self._idle_root_obs: np.ndarray | None = None  # the root's observation once it is idle (fixed)
-        if getattr(self, "_segment_only", False):
+        if self._segment_only:
             return
         self._absorb()
         if all(m in self.planned for m in self.members):

@@ -24,7 +24,7 @@ import torch
 from ..simulator import LinkStateSnapshot
 from ..topology import MultiDomainTopology, Node
 from ..trees import CrossDomainPlan, DecompositionError, MulticastError
-from .env import ROOT, CrossDomainMulticastEnv, domain_agent, mst_weight
+from .env import ROOT, CrossDomainMulticastEnv, domain_agent
 from .policy import obs_to_tensors
 from .train import load_policy
 
@@ -68,15 +68,12 @@ class ReentryPlan:
     """A re-entry root plan (``MarlEnvConfig.reentry``): the crossings in plan order and, per domain, its
     entries ``(node, rank)`` and terminals ``(node, bound)`` (an exit attaches to components of rank <
     bound, a member, bound 0, to any). The domains' components and the crossings may overlap; the root
-    reduces their union to its cheapest spanning tree."""
+    reduces their union with :func:`~sdwn_multicast.marl.reentry.reduce_union` for ``objective``."""
 
     crossings: tuple[tuple[Node, Node], ...]
     segments: dict
-    #: link attribute the union's spanning tree minimises (the order of the agents' link cost)
-    weight: str = "delay_ms"
-    #: span every up link between the union's nodes, not only the union's own (the cost objective: the
-    #: tree's cost, the reward, can only drop)
-    induced: bool = False
+    #: the agents' objective (``MarlEnvConfig.objective``): how the union is reduced to a tree
+    objective: str = "bandwidth"
 
 
 class RootAgent:
@@ -102,8 +99,7 @@ class RootAgent:
             raise DecompositionError(f"root agent: {env.failure}")
         if self.reentry:
             return ReentryPlan(crossings=tuple((bp, bc) for _, bp, bc in env.plan), segments=env.segment_plan(),
-                               weight=mst_weight(env.config.objective),
-                               induced=env.config.objective == "cost")
+                               objective=env.config.objective)
         terminals = {}
         for d, entry in env.entry.items():
             rest = [t for t in dict.fromkeys([*env.local_members[d], *env.exits[d]]) if t != entry]
