@@ -238,6 +238,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     refine_steps = REFINE_STEPS if args.refine_steps is None else args.refine_steps
     if refine_steps < 0:
         raise MrctError(f"--refine-steps must be >= 0, got {refine_steps}")
+    synthesis = None
+    if args.synthesis is not None:
+        from .learned.train_synthesis import COMMITTED
+
+        synthesis = COMMITTED.get(args.synthesis, Path(args.synthesis))
+        if not synthesis.exists():
+            raise MrctError(f"--synthesis {args.synthesis}: no such weights file or folder; give 'mi', 'no-mi' or the "
+                            "output of `mrct-reg train synthesis`")
     pmr, pct, ict = read_image(args.pmr), read_image(args.pct), read_image(args.ict)
     labels = read_image(args.pmr_labels) if args.pmr_labels else None
     if labels is not None and not labels.grid.matches(pmr.grid):
@@ -250,9 +258,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    pipeline = learned_pipeline(refine_steps=refine_steps)
+    pipeline = learned_pipeline(refine_steps=refine_steps, synthesis=synthesis)
+    pre_name = PRE_PROCEDURAL_METHOD if synthesis is None else f"the Cycle-GAN sCT ({args.synthesis}) + SyN-CC"
     console = Console(stderr=True)
-    console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {PRE_PROCEDURAL_METHOD} (pre-procedural), pCT -> iCT with "
+    console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {pre_name} (pre-procedural), pCT -> iCT with "
                   f"inpainting + registration network + {refine_steps} refinement steps, composed, pMR resampled "
                   "once")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -344,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--ict", required=True, help="intra-procedural CT (with the probe)")
     rn.add_argument("--pmr-labels", help="optional label map (or tumour mask) on the pMR grid, drawn on the report")
     rn.add_argument("--refine-steps", type=int, default=None, help="instance-optimisation steps (default: the committed setting)")
+    rn.add_argument("--synthesis", help="pre-procedural stage through a Cycle-GAN synthetic CT and SyN-CC instead of "
+                    "mind-svf: 'mi' or 'no-mi' (the committed ci weights) or a `mrct-reg train synthesis` output")
     rn.add_argument("--threads", type=int, help=THREADS_HELP)
     rn.add_argument("--torch-threads", type=int,
                     help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")

@@ -12,9 +12,11 @@ from mrct_registration.image import Grid, Image
 from mrct_registration.learned.ctct_registration import (
     LearnedCtCtRegistration,
     NetworkGeometry,
+    hole_weight,
     upsample_velocity,
+    working_grid,
 )
-from mrct_registration.learned.registration_net import DiffeomorphicRegistrationNet
+from mrct_registration.learned.registration_net import DiffeomorphicRegistrationNet, local_ncc_loss
 from mrct_registration.transforms import jacobian_determinant
 
 
@@ -63,3 +65,39 @@ def test_fine_refinement_recovers_a_known_shift_without_folding():
     err = lambda f: np.linalg.norm(f.displacement_mm[inner] - truth, axis=-1).mean()  # noqa: E731
     assert err(result.field) < 0.5 * err(coarse_only.field)
     assert (jacobian_determinant(result.field) > 0).all()
+
+
+def test_masked_ncc_ignores_the_fixed_image_where_the_weight_is_zero():
+    torch.manual_seed(1)
+    fixed = torch.rand(1, 1, 12, 12, 12)
+    warped = 2.0 * fixed + 0.1 * torch.rand(1, 1, 12, 12, 12)
+    weight = torch.ones_like(fixed)
+    weight[..., 4:8, 4:8, 4:8] = 0.0
+    spoiled = fixed.clone()
+    spoiled[..., 4:8, 4:8, 4:8] = 50.0 * torch.rand(4, 4, 4)  # e.g. a bright probe or a bad inpainting
+    masked = local_ncc_loss(fixed, warped, 5, weight=weight)
+    assert local_ncc_loss(spoiled, warped, 5, weight=weight).item() == pytest.approx(masked.item(), abs=1e-6)
+    # without the mask the spoiled region changes the loss, and correlated images score close to -1 either way
+    assert abs(local_ncc_loss(spoiled, warped, 5).item() - local_ncc_loss(fixed, warped, 5).item()) > 0.02
+    assert masked.item() < -0.8
+    with pytest.raises(GeometryError):
+        local_ncc_loss(fixed, warped, 5, weight=weight[..., :-1])
+    with pytest.raises(ValueError):
+        local_ncc_loss(fixed, warped, 5, weight=torch.zeros_like(fixed))
+
+
+def test_hole_weight_leaves_out_the_hole_and_its_margin_on_the_working_grid():
+    grid = Grid((20, 20, 20), (2.0, 2.0, 2.0))
+    hole = np.zeros(grid.shape, dtype=bool)
+    hole[8:12, 8:12, 8:12] = True
+    work = working_grid(grid, (10, 10, 10))  # 4 mm voxels over the same box
+    assert hole_weight(None, grid, work, 5.0) is None and hole_weight(hole, grid, work, None) is None
+    assert hole_weight(np.zeros_like(hole), grid, work, 5.0) is None
+    tight, wide = hole_weight(hole, grid, work, 0.0), hole_weight(hole, grid, work, 8.0)
+    assert tight.shape == (1, 1, 10, 10, 10)
+    assert tight[0, 0, 5, 5, 5] == 0 and wide[0, 0, 5, 5, 5] == 0  # the centre of the hole
+    assert tight[0, 0, 5, 5, 7] == 1 and wide[0, 0, 5, 5, 7] == 0  # 7 mm beside it
+    assert wide[0, 0, 0, 0, 0] == 1
+    assert (wide <= tight).all()
+    with pytest.raises(ValueError):
+        LearnedCtCtRegistration(_net(), NetworkGeometry(working_shape=(8, 8, 8)), None, hole_margin_mm=-1.0)

@@ -189,6 +189,11 @@ def test_run_command_writes_warped_pmr_fields_report_and_timings(tmp_path, capsy
     assert timings["intra_procedural_s"] < timings["total_s"]
     assert any(k.startswith("pre_") for k in timings["stage_seconds"]) and "intra_warp" in timings["stage_seconds"]
     assert "intra-procedural (inpaint + register + compose + warp)" in capsys.readouterr().out
+    # the paper's route for stage (b): the committed Cycle-GAN's synthetic CT, then SyN-CC to the pCT
+    assert main(["run", "--pmr", str(folder / "pmr.nii.gz"), "--pct", str(folder / "pct.nii.gz"),
+                 "--ict", str(folder / "ict.nii.gz"), "--refine-steps", "2", "--synthesis", "mi", str(out)]) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert "pre_synthesise" in timings["stage_seconds"], timings["stage_seconds"]
 
 
 def test_run_and_train_reject_bad_arguments_with_a_message(tmp_path, capsys):
@@ -197,6 +202,9 @@ def test_run_and_train_reject_bad_arguments_with_a_message(tmp_path, capsys):
     assert main(["run", "--pmr", str(tmp_path / "a.nii.gz"), "--pct", str(tmp_path / "b.nii.gz"),
                  "--ict", str(tmp_path / "c.nii.gz"), str(tmp_path / "out")]) == 2
     assert "no image at" in capsys.readouterr().err
+    assert main(["run", "--pmr", str(tmp_path / "a.nii.gz"), "--pct", str(tmp_path / "b.nii.gz"),
+                 "--ict", str(tmp_path / "c.nii.gz"), "--synthesis", "cyclegan", str(tmp_path / "out")]) == 2
+    assert "--synthesis cyclegan: no such weights" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -68,10 +68,13 @@ def working_grid(grid: Grid, shape: tuple[int, int, int]) -> Grid:
     return Grid(tuple(shape), tuple(new), tuple(origin), grid.direction)
 
 
-def ct_to_tensor(ct: Image, grid: Grid, hu_window: tuple[float, float]) -> torch.Tensor:
-    """A CT image resampled onto ``grid`` (anti-aliased when coarser), windowed to [0, 1]: [1, 1, D, H, W]."""
+def ct_to_tensor(ct: Image, grid: Grid, hu_window: tuple[float, float], blur_mm: float = 0.0) -> torch.Tensor:
+    """A CT image resampled onto ``grid`` (anti-aliased when coarser), windowed to [0, 1]: [1, 1, D, H, W].
+
+    ``blur_mm``: an extra Gaussian (sigma, mm) against noise, combined with the anti-aliasing one."""
     ratio = np.asarray(grid.spacing_mm) / np.asarray(ct.grid.spacing_mm)  # (x, y, z)
-    sigma_zyx = [0.4 * r if r > 1.0 else 0.0 for r in ratio[::-1]]
+    alias = np.asarray([0.4 * r if r > 1.0 else 0.0 for r in ratio[::-1]])
+    sigma_zyx = list(np.sqrt(alias ** 2 + (blur_mm / np.asarray(ct.grid.spacing_mm[::-1], dtype=np.float64)) ** 2))
     source = ct.array.astype(np.float32)
     if any(sigma_zyx):
         source = ndimage.gaussian_filter(source, sigma_zyx, mode="nearest")
@@ -89,19 +92,38 @@ def inpaint_probe(ict: Image, inpaint: InpaintFn) -> tuple[Image, np.ndarray]:
     return ict.with_array(inpaint_volume(ict.array, hole, inpaint)), hole
 
 
+def hole_weight(hole: np.ndarray | None, image_grid: Grid, grid: Grid, margin_mm: float | None) -> torch.Tensor | None:
+    """The similarity weight on working grid ``grid``: 0 within ``margin_mm`` of the probe hole, 1 elsewhere.
+
+    ``hole`` (bool, on ``image_grid``) is the metal mask the inpainting filled. None (no hole, or ``margin_mm``
+    None: masking off) gives None. The distance to the hole is computed in mm on the iCT grid and sampled
+    trilinearly at the working grid's voxel centres, so a coarse voxel counts as excluded when its centre lies
+    within ``margin_mm`` of the hole (with a margin of 0: inside it).
+    """
+    if hole is None or margin_mm is None or not hole.any():
+        return None
+    distance = ndimage.distance_transform_edt(~hole, sampling=tuple(image_grid.spacing_mm[::-1]))
+    sampled = sample_image(Image(distance.astype(np.float32), image_grid), grid.physical_points(), order=1,
+                           fill_value=float(distance.max()))
+    weight = (sampled > margin_mm).astype(np.float32)
+    return torch.from_numpy(weight)[None, None]
+
+
 def refine_velocity(net: DiffeomorphicRegistrationNet, moving: torch.Tensor, fixed: torch.Tensor,
-                    velocity: torch.Tensor, geometry: NetworkGeometry, steps: int, lr: float) -> torch.Tensor:
+                    velocity: torch.Tensor, geometry: NetworkGeometry, steps: int, lr: float,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """Instance optimisation: ``steps`` Adam steps on local NCC + diffusion of this pair, from ``velocity``.
 
     ``velocity`` [1, 3, D, H, W] in working-grid voxels (z, y, x); returns the refined velocity (detached).
     The network's integrator and transformer are reused, so the result is the same kind of field.
+    ``weight``: the NCC's voxel mask (:func:`hole_weight`), None for every voxel.
     """
     v = velocity.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([v], lr=lr)
     for _ in range(steps):
         displacement = net.integrate(v)
         warped = net.transformer(moving, displacement)
-        loss = (local_ncc_loss(fixed, warped, geometry.ncc_window)
+        loss = (local_ncc_loss(fixed, warped, geometry.ncc_window, weight=weight)
                 + geometry.smoothness_weight * gradient_smoothness_loss(displacement))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,19 +160,39 @@ class LearnedCtCtRegistration:
     ``resample`` (both images onto the working grid), ``network``, ``refine``, ``to_field``. With
     ``fine_steps`` > 0 the ``refine`` stage also holds a second refinement of ``fine_steps`` Adam steps (lr ``fine_lr``,
     same loss) on a working grid of ``fine_shape`` voxels over the same box, from the upsampled velocity.
+    ``hole_margin_mm`` (None: off) leaves the probe hole and every voxel within that distance of it out of the
+    refinements' similarity (:func:`hole_weight`); there the field follows its neighbours through the
+    regulariser. The network's prediction is unchanged.
     """
 
     def __init__(self, net: DiffeomorphicRegistrationNet, geometry: NetworkGeometry, inpaint: InpaintFn | None,
                  refine_steps: int = 0, refine_lr: float = 0.05, name: str = "learned-ctct",
-                 fine_shape: tuple[int, int, int] | None = None, fine_steps: int = 0, fine_lr: float = 0.05) -> None:
+                 fine_shape: tuple[int, int, int] | None = None, fine_steps: int = 0, fine_lr: float = 0.05,
+                 hole_margin_mm: float | None = None, refine_blur_mm: float = 0.0,
+                 refine_window: tuple[float, float] | None = None) -> None:
         if refine_steps < 0 or fine_steps < 0:
             raise ValueError(f"refine_steps and fine_steps must be >= 0, got {refine_steps}, {fine_steps}")
+        if hole_margin_mm is not None and not hole_margin_mm >= 0:
+            raise ValueError(f"hole_margin_mm must be >= 0 mm or None, got {hole_margin_mm}")
         if fine_steps and (fine_shape is None or len(fine_shape) != 3 or min(fine_shape) < 4):
             raise GeometryError(f"fine_steps > 0 needs fine_shape: 3 sizes >= 4 (z, y, x), got {fine_shape}")
         self.net, self.geometry, self.inpaint = net.eval(), geometry, inpaint
         self.refine_steps, self.refine_lr, self.name = refine_steps, refine_lr, name
         self.fine_shape = tuple(int(n) for n in fine_shape) if fine_shape is not None else None
         self.fine_steps, self.fine_lr = fine_steps, fine_lr
+        self.hole_margin_mm = hole_margin_mm
+        if not refine_blur_mm >= 0:
+            raise ValueError(f"refine_blur_mm must be >= 0, got {refine_blur_mm}")
+        self.refine_blur_mm = refine_blur_mm
+        if refine_window is not None and not refine_window[0] < refine_window[1]:
+            raise GeometryError(f"refine_window must be (low, high) HU with low < high, got {refine_window}")
+        self.refine_window = refine_window
+
+    def _refine_inputs(self, fixed: Image, moving: Image, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed and moving image on ``grid`` as the refinements see them (their window and blur)."""
+        window = self.refine_window or self.geometry.hu_window
+        return (ct_to_tensor(fixed, grid, window, self.refine_blur_mm),
+                ct_to_tensor(moving, grid, window, self.refine_blur_mm))
 
     def run(self, fixed: Image, moving: Image) -> CtCtResult:
         """The registration and the inpainted iCT it was computed against."""
@@ -166,14 +208,18 @@ class LearnedCtCtRegistration:
             velocity = self.net.unet(torch.cat([m, f], dim=1))
         if self.refine_steps:
             with timer.stage("refine"):
-                velocity = refine_velocity(self.net, m, f, velocity, self.geometry, self.refine_steps, self.refine_lr)
+                weight = hole_weight(hole, fixed.grid, grid, self.hole_margin_mm)
+                if self.refine_blur_mm or self.refine_window is not None:
+                    f, m = self._refine_inputs(target, moving, grid)
+                velocity = refine_velocity(self.net, m, f, velocity, self.geometry, self.refine_steps,
+                                           self.refine_lr, weight)
         if self.fine_steps:
             with timer.stage("refine"):  # counted with the coarse refinement
                 grid = working_grid(fixed.grid, self.fine_shape)
-                f = ct_to_tensor(target, grid, self.geometry.hu_window)
-                m = ct_to_tensor(moving, grid, self.geometry.hu_window)
+                f, m = self._refine_inputs(target, moving, grid)
+                weight = hole_weight(hole, fixed.grid, grid, self.hole_margin_mm)
                 velocity = refine_velocity(self.net, m, f, upsample_velocity(velocity, self.fine_shape),
-                                           self.geometry, self.fine_steps, self.fine_lr)
+                                           self.geometry, self.fine_steps, self.fine_lr, weight)
         with timer.stage("to_field"), torch.no_grad():
             coarse = DisplacementField.from_torch(self.net.integrate(velocity), grid)
             field = DisplacementField.from_point_map(fixed.grid, coarse.map_points)

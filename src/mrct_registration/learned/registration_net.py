@@ -184,7 +184,8 @@ class DiffeomorphicRegistrationNet(nn.Module):
         return self.transformer(moving, displacement), displacement
 
 
-def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
     """Negative mean squared local normalised cross-correlation (VoxelMorph's ``NCC``), a scalar.
 
     ``fixed`` and ``warped``: ``[B, 1, D, H, W]``, any intensity unit (NCC is invariant to a scale of
@@ -194,6 +195,12 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, e
     (zero variance) give cc = 0. The zero padding counts as image near the border, so for images far
     from zero mean, border windows of unrelated images still correlate a little; normalise intensities
     (e.g. to zero mean) before training.
+
+    ``weight`` (optional, ``[B, 1, D, H, W]``, values in [0, 1]): a mask of the voxels that count, e.g. 0 in
+    the probe hole of an iCT. Each window's statistics are then weighted sums over its valid voxels only
+    (normalised convolution), so a hole neither adds to nor distorts the correlation of the windows that
+    touch it, and the loss is the weighted mean of cc over the valid voxels. Windows with fewer than one
+    valid voxel's weight count as flat (cc = 0).
     """
     if fixed.shape != warped.shape or fixed.ndim != 5 or fixed.shape[1] != 1:
         raise GeometryError(f"fixed and warped must both be [B, 1, D, H, W], got {tuple(fixed.shape)} and {tuple(warped.shape)}")
@@ -205,12 +212,28 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, e
         # a box sum with zero padding; average pooling computes it many times faster than a window^3 convolution
         return F.avg_pool3d(t, window, stride=1, padding=window // 2, count_include_pad=True) * n
 
-    f_sum, w_sum = box_sum(fixed), box_sum(warped)
-    cross = box_sum(fixed * warped) - f_sum * w_sum / n
-    f_var = box_sum(fixed * fixed) - f_sum * f_sum / n
-    w_var = box_sum(warped * warped) - w_sum * w_sum / n
+    if weight is None:
+        f_sum, w_sum = box_sum(fixed), box_sum(warped)
+        cross = box_sum(fixed * warped) - f_sum * w_sum / n
+        f_var = box_sum(fixed * fixed) - f_sum * f_sum / n
+        w_var = box_sum(warped * warped) - w_sum * w_sum / n
+        cc = cross * cross / (f_var.clamp_min(0.0) * w_var.clamp_min(0.0) + eps)
+        return -cc.mean()
+    if weight.shape != fixed.shape:
+        raise GeometryError(f"weight must have the images' shape {tuple(fixed.shape)}, got {tuple(weight.shape)}")
+    weight = weight.to(fixed.dtype)
+    count = box_sum(weight)
+    safe = count.clamp_min(1.0)
+    f_sum, w_sum = box_sum(weight * fixed), box_sum(weight * warped)
+    cross = box_sum(weight * fixed * warped) - f_sum * w_sum / safe
+    f_var = box_sum(weight * fixed * fixed) - f_sum * f_sum / safe
+    w_var = box_sum(weight * warped * warped) - w_sum * w_sum / safe
     cc = cross * cross / (f_var.clamp_min(0.0) * w_var.clamp_min(0.0) + eps)
-    return -cc.mean()
+    cc = torch.where(count >= 1.0, cc, torch.zeros_like(cc))
+    total = weight.sum()
+    if total <= 0:
+        raise ValueError("weight has no valid voxel: the similarity is undefined")
+    return -(cc * weight).sum() / total
 
 
 def gradient_smoothness_loss(displacement: torch.Tensor) -> torch.Tensor:
