@@ -187,7 +187,8 @@ class MindSvfRegistration:
 
         ``exclude``: a bool array of ``fixed``'s shape, True where the fixed image is not to be trusted (e.g. an
         inpainted probe hole with a margin); the similarity ignores those voxels and every voxel whose descriptor
-        (or the ``blur_mm`` low-pass, out to 3 sigma) reaches into them. Stages ``resample``, ``mind``, ``optimise``, ``to_field`` go to ``timer``.
+        (or the ``blur_mm`` low-pass, out to 3 sigma) reaches into them. Stages ``resample``, ``mind``,
+        ``optimise``, ``to_field`` go to ``timer``.
         """
         check_pair(fixed, moving)
         s = self.settings
