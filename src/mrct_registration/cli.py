@@ -238,6 +238,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     refine_steps = REFINE_STEPS if args.refine_steps is None else args.refine_steps
     if refine_steps < 0:
         raise MrctError(f"--refine-steps must be >= 0, got {refine_steps}")
+    from .learned.ctct_registration import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:  # checked before any image is read
+        raise MrctError(f"--device: {exc}") from exc
     synthesis = None
     if args.synthesis is not None:
         from .learned.train_synthesis import COMMITTED
@@ -258,7 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    pipeline = learned_pipeline(refine_steps=refine_steps, synthesis=synthesis)
+    pipeline = learned_pipeline(refine_steps=refine_steps, synthesis=synthesis, device=args.device)
     pre_name = PRE_PROCEDURAL_METHOD if synthesis is None else f"the Cycle-GAN sCT ({args.synthesis}) + SyN-CC"
     console = Console(stderr=True)
     console.print(f"[bold]mrct-reg run[/]: pMR -> pCT with {pre_name} (pre-procedural), pCT -> iCT with "
@@ -355,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--refine-steps", type=int, default=None, help="instance-optimisation steps (default: the committed setting)")
     rn.add_argument("--synthesis", help="pre-procedural stage through a Cycle-GAN synthetic CT and SyN-CC instead of "
                     "mind-svf: 'mi' or 'no-mi' (the committed ci weights) or a `mrct-reg train synthesis` output")
+    rn.add_argument("--device", default="cpu",
+                    help="where the networks and the CT-CT refinements run: cpu (default), cuda or cuda:N")
     rn.add_argument("--threads", type=int, help=THREADS_HELP)
     rn.add_argument("--torch-threads", type=int,
                     help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")

@@ -13,6 +13,7 @@ from mrct_registration.learned.ctct_registration import (
     LearnedCtCtRegistration,
     NetworkGeometry,
     hole_weight,
+    resolve_device,
     upsample_velocity,
     working_grid,
 )
@@ -101,3 +102,33 @@ def test_hole_weight_leaves_out_the_hole_and_its_margin_on_the_working_grid():
     assert (wide <= tight).all()
     with pytest.raises(ValueError):
         LearnedCtCtRegistration(_net(), NetworkGeometry(working_shape=(8, 8, 8)), None, hole_margin_mm=-1.0)
+
+
+def test_devices_are_checked_with_a_clear_message():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="only 'cpu' and CUDA"):
+        resolve_device("meta")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            LearnedCtCtRegistration(_net(), NetworkGeometry(working_shape=(8, 8, 8)), None, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_refinement_on_cuda_matches_the_cpu_result():
+    rng = np.random.default_rng(0)
+    grid = Grid((32, 32, 32), (2.0, 2.0, 2.0))
+    texture = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.5)
+    texture = 300.0 * texture / texture.std()
+    fixed = Image(texture[4:36, 4:36, 4:36].astype(np.float32), grid)
+    moving = Image(texture[4:36, 4:36, 2:34].astype(np.float32), grid)
+    geometry = NetworkGeometry(working_shape=(8, 8, 8), ncc_window=5, smoothness_weight=1.0)
+    fields = {}
+    for device in ("cpu", "cuda"):
+        reg = LearnedCtCtRegistration(_net(), geometry, None, refine_steps=10, refine_lr=0.1, fine_shape=(32, 32, 32),
+                                      fine_steps=20, fine_lr=0.2, device=device)
+        fields[device] = reg.run(fixed, moving).registration.field.displacement_mm
+    inner = (slice(8, 24),) * 3
+    assert np.abs(fields["cuda"][inner] - fields["cpu"][inner]).mean() < 0.05  # mm; float reductions differ

@@ -205,6 +205,9 @@ def test_run_and_train_reject_bad_arguments_with_a_message(tmp_path, capsys):
     assert main(["run", "--pmr", str(tmp_path / "a.nii.gz"), "--pct", str(tmp_path / "b.nii.gz"),
                  "--ict", str(tmp_path / "c.nii.gz"), "--synthesis", "cyclegan", str(tmp_path / "out")]) == 2
     assert "--synthesis cyclegan: no such weights" in capsys.readouterr().err
+    assert main(["run", "--pmr", str(tmp_path / "a.nii.gz"), "--pct", str(tmp_path / "b.nii.gz"),
+                 "--ict", str(tmp_path / "c.nii.gz"), "--device", "tpu", str(tmp_path / "out")]) == 2
+    assert "--device: " in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -92,6 +92,28 @@ def inpaint_probe(ict: Image, inpaint: InpaintFn) -> tuple[Image, np.ndarray]:
     return ict.with_array(inpaint_volume(ict.array, hole, inpaint)), hole
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, with a clear error when it names a CUDA device this machine lacks."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"not a torch device: {device!r} (use 'cpu', 'cuda' or 'cuda:N')") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__})")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device {device!r}: only 'cpu' and CUDA devices are supported")
+    return resolved
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work, so a stage timer around it measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def hole_weight(hole: np.ndarray | None, image_grid: Grid, grid: Grid, margin_mm: float | None) -> torch.Tensor | None:
     """The similarity weight on working grid ``grid``: 0 within ``margin_mm`` of the probe hole, 1 elsewhere.
 
@@ -139,7 +161,7 @@ def upsample_velocity(velocity: torch.Tensor, shape: tuple[int, int, int]) -> to
     """
     old = velocity.shape[2:]
     out = torch.nn.functional.interpolate(velocity, size=tuple(shape), mode="trilinear", align_corners=False)
-    scale = torch.tensor([n / o for n, o in zip(shape, old)], dtype=out.dtype).view(1, 3, 1, 1, 1)
+    scale = torch.tensor([n / o for n, o in zip(shape, old)], dtype=out.dtype, device=out.device).view(1, 3, 1, 1, 1)
     return out * scale
 
 
@@ -162,21 +184,23 @@ class LearnedCtCtRegistration:
     same loss) on a working grid of ``fine_shape`` voxels over the same box, from the upsampled velocity.
     ``hole_margin_mm`` (None: off) leaves the probe hole and every voxel within that distance of it out of the
     refinements' similarity (:func:`hole_weight`); there the field follows its neighbours through the
-    regulariser. The network's prediction is unchanged.
+    regulariser. The network's prediction is unchanged. ``device`` ('cpu', 'cuda', 'cuda:N') runs the network
+    and the refinements there; images and fields stay numpy arrays on the host.
     """
 
     def __init__(self, net: DiffeomorphicRegistrationNet, geometry: NetworkGeometry, inpaint: InpaintFn | None,
                  refine_steps: int = 0, refine_lr: float = 0.05, name: str = "learned-ctct",
                  fine_shape: tuple[int, int, int] | None = None, fine_steps: int = 0, fine_lr: float = 0.05,
                  hole_margin_mm: float | None = None, refine_blur_mm: float = 0.0,
-                 refine_window: tuple[float, float] | None = None) -> None:
+                 refine_window: tuple[float, float] | None = None, device: str | torch.device = "cpu") -> None:
         if refine_steps < 0 or fine_steps < 0:
             raise ValueError(f"refine_steps and fine_steps must be >= 0, got {refine_steps}, {fine_steps}")
         if hole_margin_mm is not None and not hole_margin_mm >= 0:
             raise ValueError(f"hole_margin_mm must be >= 0 mm or None, got {hole_margin_mm}")
         if fine_steps and (fine_shape is None or len(fine_shape) != 3 or min(fine_shape) < 4):
             raise GeometryError(f"fine_steps > 0 needs fine_shape: 3 sizes >= 4 (z, y, x), got {fine_shape}")
-        self.net, self.geometry, self.inpaint = net.eval(), geometry, inpaint
+        self.device = resolve_device(device)
+        self.net, self.geometry, self.inpaint = net.eval().to(self.device), geometry, inpaint
         self.refine_steps, self.refine_lr, self.name = refine_steps, refine_lr, name
         self.fine_shape = tuple(int(n) for n in fine_shape) if fine_shape is not None else None
         self.fine_steps, self.fine_lr = fine_steps, fine_lr
@@ -191,8 +215,12 @@ class LearnedCtCtRegistration:
     def _refine_inputs(self, fixed: Image, moving: Image, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
         """Fixed and moving image on ``grid`` as the refinements see them (their window and blur)."""
         window = self.refine_window or self.geometry.hu_window
-        return (ct_to_tensor(fixed, grid, window, self.refine_blur_mm),
-                ct_to_tensor(moving, grid, window, self.refine_blur_mm))
+        return (ct_to_tensor(fixed, grid, window, self.refine_blur_mm).to(self.device),
+                ct_to_tensor(moving, grid, window, self.refine_blur_mm).to(self.device))
+
+    def _weight(self, hole: np.ndarray | None, image_grid: Grid, grid: Grid) -> torch.Tensor | None:
+        weight = hole_weight(hole, image_grid, grid, self.hole_margin_mm)
+        return None if weight is None else weight.to(self.device)
 
     def run(self, fixed: Image, moving: Image) -> CtCtResult:
         """The registration and the inpainted iCT it was computed against."""
@@ -202,24 +230,27 @@ class LearnedCtCtRegistration:
             target, hole = inpaint_probe(fixed, self.inpaint) if self.inpaint is not None else (fixed, None)
         with timer.stage("resample"):
             grid = working_grid(fixed.grid, self.geometry.working_shape)
-            f = ct_to_tensor(target, grid, self.geometry.hu_window)
-            m = ct_to_tensor(moving, grid, self.geometry.hu_window)
+            f = ct_to_tensor(target, grid, self.geometry.hu_window).to(self.device)
+            m = ct_to_tensor(moving, grid, self.geometry.hu_window).to(self.device)
         with timer.stage("network"), torch.no_grad():
             velocity = self.net.unet(torch.cat([m, f], dim=1))
+            synchronise(self.device)
         if self.refine_steps:
             with timer.stage("refine"):
-                weight = hole_weight(hole, fixed.grid, grid, self.hole_margin_mm)
+                weight = self._weight(hole, fixed.grid, grid)
                 if self.refine_blur_mm or self.refine_window is not None:
                     f, m = self._refine_inputs(target, moving, grid)
                 velocity = refine_velocity(self.net, m, f, velocity, self.geometry, self.refine_steps,
                                            self.refine_lr, weight)
+                synchronise(self.device)
         if self.fine_steps:
             with timer.stage("refine"):  # counted with the coarse refinement
                 grid = working_grid(fixed.grid, self.fine_shape)
                 f, m = self._refine_inputs(target, moving, grid)
-                weight = hole_weight(hole, fixed.grid, grid, self.hole_margin_mm)
+                weight = self._weight(hole, fixed.grid, grid)
                 velocity = refine_velocity(self.net, m, f, upsample_velocity(velocity, self.fine_shape),
                                            self.geometry, self.fine_steps, self.fine_lr, weight)
+                synchronise(self.device)
         with timer.stage("to_field"), torch.no_grad():
             coarse = DisplacementField.from_torch(self.net.integrate(velocity), grid)
             field = DisplacementField.from_point_map(fixed.grid, coarse.map_points)

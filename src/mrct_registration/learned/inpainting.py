@@ -20,8 +20,10 @@ def network_inpainter(net: PartialConvUNet2d) -> InpaintFn:
     """A function ``(slice_hu (ny, nx), hole (ny, nx) bool) -> float32 HU (ny, nx)`` running ``net``.
 
     The slice is zero-padded to a multiple of ``2**net.depth``; the padding is marked as hole (unknown), so
-    it does not leak into the fill, and is cropped away again. Known pixels come back unchanged.
+    it does not leak into the fill, and is cropped away again. Known pixels come back unchanged. The network
+    runs on the device its parameters are on; slices come and go as numpy arrays.
     """
+    device = next(net.parameters()).device
 
     def inpaint(slice_hu: np.ndarray, hole: np.ndarray) -> np.ndarray:
         slice_hu, hole = np.asarray(slice_hu, dtype=np.float32), np.asarray(hole, dtype=bool)
@@ -33,8 +35,8 @@ def network_inpainter(net: PartialConvUNet2d) -> InpaintFn:
         ny, nx = slice_hu.shape
         step = 2**net.depth
         pad = (0, -nx % step, 0, -ny % step)  # (left, right, top, bottom) for F.pad
-        x = F.pad(normalise_hu(torch.from_numpy(slice_hu))[None, None], pad)
-        valid = F.pad(torch.from_numpy(~hole).float()[None, None], pad)
+        x = F.pad(normalise_hu(torch.from_numpy(slice_hu))[None, None], pad).to(device)
+        valid = F.pad(torch.from_numpy(~hole).float()[None, None], pad).to(device)
         was_training = net.training
         net.eval()
         try:
@@ -42,7 +44,7 @@ def network_inpainter(net: PartialConvUNet2d) -> InpaintFn:
                 out = net(x, valid)
         finally:
             net.train(was_training)
-        filled = denormalise_hu(out[0, 0, :ny, :nx]).numpy()
+        filled = denormalise_hu(out[0, 0, :ny, :nx]).cpu().numpy()
         return np.where(hole, filled, slice_hu).astype(np.float32)
 
     return inpaint

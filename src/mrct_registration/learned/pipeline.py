@@ -104,26 +104,30 @@ class LearnedPipeline:
 
 
 def learned_ctct(inpaint: bool = True, refine_steps: int = REFINE_STEPS, name: str = "learned-ctct",
-                 weights: Path | None = None, fine_steps: int | None = None) -> LearnedCtCtRegistration:
+                 weights: Path | None = None, fine_steps: int | None = None, device: str = "cpu"
+                 ) -> LearnedCtCtRegistration:
     """The intra-procedural stage with the committed weights (or ``weights``) and the committed inpainter.
 
     ``fine_steps``: steps of the second, finer refinement; None gives :data:`FINE_STEPS`, or 0 when
-    ``refine_steps`` is 0 (the network alone).
+    ``refine_steps`` is 0 (the network alone). ``device``: where the inpainting and registration networks and
+    the refinements run ('cpu', 'cuda', 'cuda:N').
     """
+    from .ctct_registration import resolve_device
     from .inpainting import network_inpainter
     from .train_inpainting import COMMITTED_WEIGHTS as INPAINTING_WEIGHTS
     from .train_inpainting import load_inpainter
     from .train_registration import COMMITTED_WEIGHTS, load_registration_net
 
+    torch_device = resolve_device(device)
     net, config = load_registration_net(weights or COMMITTED_WEIGHTS)
-    inpainter = network_inpainter(load_inpainter(INPAINTING_WEIGHTS)) if inpaint else None
+    inpainter = network_inpainter(load_inpainter(INPAINTING_WEIGHTS).to(torch_device)) if inpaint else None
     geometry = config.geometry()
     if fine_steps is None:
         fine_steps = FINE_STEPS if refine_steps else 0
     fine_shape = tuple(int(round(FINE_SCALE * n)) for n in geometry.working_shape)
     return LearnedCtCtRegistration(net, geometry, inpainter, refine_steps, REFINE_LR, name,
                                    fine_shape=fine_shape, fine_steps=fine_steps, fine_lr=FINE_LR,
-                                   refine_blur_mm=REFINE_BLUR_MM, refine_window=REFINE_WINDOW)
+                                   refine_blur_mm=REFINE_BLUR_MM, refine_window=REFINE_WINDOW, device=torch_device)
 
 
 def synthesis_pre_stage(weights: Path) -> Registration:
@@ -137,10 +141,10 @@ def synthesis_pre_stage(weights: Path) -> Registration:
 
 
 def learned_pipeline(refine_steps: int = REFINE_STEPS, weights: Path | None = None, synthesis: Path | None = None,
-                     name: str = "learned") -> LearnedPipeline:
+                     name: str = "learned", device: str = "cpu") -> LearnedPipeline:
     """The pipeline with the committed networks; pMR -> pCT by :data:`PRE_PROCEDURAL_METHOD`, or through the
     Cycle-GAN saved at ``synthesis``."""
     from ..baselines import get_method
 
     pre = synthesis_pre_stage(synthesis) if synthesis is not None else get_method(PRE_PROCEDURAL_METHOD)
-    return LearnedPipeline(pre, learned_ctct(refine_steps=refine_steps, weights=weights), name)
+    return LearnedPipeline(pre, learned_ctct(refine_steps=refine_steps, weights=weights, device=device), name)
