@@ -7,7 +7,7 @@
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 LOG=${OUT:-/tmp}/gpu_check.log
-python3 -m pip install -q "pyzmq>=25,<28" msgpack hypothesis pytest-timeout numba 2>/dev/null || true
+python3 -m pip install -q "pyzmq>=25,<28" msgpack hypothesis pytest-timeout numba SimpleITK scikit-image 2>/dev/null || true
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"

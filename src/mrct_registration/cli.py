@@ -246,10 +246,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise MrctError(f"--device: {exc}") from exc
     synthesis = None
     if args.synthesis is not None:
-        from .learned.train_synthesis import COMMITTED
+        from .learned.train_synthesis import COMMITTED, WEIGHTS_NAME
 
         synthesis = COMMITTED.get(args.synthesis, Path(args.synthesis))
-        if not synthesis.exists():
+        if not (synthesis / WEIGHTS_NAME if synthesis.is_dir() else synthesis).is_file():
             raise MrctError(f"--synthesis {args.synthesis}: no such weights file or folder; give 'mi', 'no-mi' or the "
                             "output of `mrct-reg train synthesis`")
     pmr, pct, ict = read_image(args.pmr), read_image(args.pct), read_image(args.ict)
@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--synthesis", help="pre-procedural stage through a Cycle-GAN synthetic CT and SyN-CC instead of "
                     "mind-svf: 'mi' or 'no-mi' (the committed ci weights) or a `mrct-reg train synthesis` output")
     rn.add_argument("--device", default="cpu",
-                    help="where the networks and the CT-CT refinements run: cpu (default), cuda or cuda:N")
+                    help="where the inpainting and registration networks and the CT-CT refinements run: cpu "
+                    "(default), cuda or cuda:N; the pre-procedural stage stays on the CPU")
     rn.add_argument("--threads", type=int, help=THREADS_HELP)
     rn.add_argument("--torch-threads", type=int,
                     help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")

@@ -12,6 +12,7 @@ from mrct_registration.image import Grid, Image
 from mrct_registration.learned.ctct_registration import (
     LearnedCtCtRegistration,
     NetworkGeometry,
+    ct_to_tensor,
     hole_weight,
     resolve_device,
     upsample_velocity,
@@ -88,20 +89,42 @@ def test_masked_ncc_ignores_the_fixed_image_where_the_weight_is_zero():
 
 
 def test_hole_weight_leaves_out_the_hole_and_its_margin_on_the_working_grid():
-    grid = Grid((20, 20, 20), (2.0, 2.0, 2.0))
+    grid = Grid((20, 20, 20), (2.0, 2.0, 3.0))  # (x, y, z) mm: z is coarser, to catch an axis mix-up
     hole = np.zeros(grid.shape, dtype=bool)
-    hole[8:12, 8:12, 8:12] = True
-    work = working_grid(grid, (10, 10, 10))  # 4 mm voxels over the same box
+    hole[8:12, 8:12, 7:12] = True  # (z, y, x)
+    work = working_grid(grid, (10, 10, 10))  # 4 x 4 x 6 mm voxels over the same box; centres at fine 2k + 0.5
     assert hole_weight(None, grid, work, 5.0) is None and hole_weight(hole, grid, work, None) is None
     assert hole_weight(np.zeros_like(hole), grid, work, 5.0) is None
     tight, wide = hole_weight(hole, grid, work, 0.0), hole_weight(hole, grid, work, 8.0)
-    assert tight.shape == (1, 1, 10, 10, 10)
+    assert tight.shape == (1, 1, 10, 10, 10) and set(torch.unique(wide).tolist()) == {0.0, 1.0}
     assert tight[0, 0, 5, 5, 5] == 0 and wide[0, 0, 5, 5, 5] == 0  # the centre of the hole
-    assert tight[0, 0, 5, 5, 7] == 1 and wide[0, 0, 5, 5, 7] == 0  # 7 mm beside it
-    assert wide[0, 0, 0, 0, 0] == 1
-    assert (wide <= tight).all()
+    assert tight[0, 0, 5, 5, 3] == 0  # its centre (fine x 6.5) is outside, but it overlaps the hole at x = 7
+    # beside the hole along x (2 mm voxels) the 8 mm margin reaches; along z (3 mm voxels) it does not
+    assert tight[0, 0, 5, 5, 7] == 1 and wide[0, 0, 5, 5, 7] == 0
+    assert wide[0, 0, 7, 5, 5] == 1
+    assert (wide <= tight).all() and wide[0, 0, 0, 0, 0] == 1
     with pytest.raises(ValueError):
         LearnedCtCtRegistration(_net(), NetworkGeometry(working_shape=(8, 8, 8)), None, hole_margin_mm=-1.0)
+
+
+def test_masked_ncc_needs_a_binary_weight_on_the_images_device():
+    fixed = torch.rand(1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="binary"):
+        local_ncc_loss(fixed, fixed, 3, weight=torch.full_like(fixed, 0.5))
+
+
+def test_refinement_inputs_low_pass_and_window_as_configured():
+    rng = np.random.default_rng(2)
+    grid = Grid((16, 16, 16), (2.0, 2.0, 2.0))
+    ct = Image((50.0 + 15.0 * rng.normal(size=grid.shape)).astype(np.float32), grid)  # liver HU and noise
+    sharp = ct_to_tensor(ct, grid, (-100.0, 110.0))
+    blurred = ct_to_tensor(ct, grid, (-100.0, 110.0), blur_mm=1.5)
+    assert blurred.std() < 0.6 * sharp.std()  # the low-pass removes most of the white noise
+    assert abs(float(blurred.mean()) - float(sharp.mean())) < 0.01
+    geometry = NetworkGeometry(working_shape=(8, 8, 8))
+    for bad in (dict(refine_blur_mm=-1.0), dict(refine_window=(110.0, -100.0)), dict(refine_window=(0.0,))):
+        with pytest.raises((ValueError, GeometryError)):
+            LearnedCtCtRegistration(_net(), geometry, None, **bad)
 
 
 def test_devices_are_checked_with_a_clear_message():

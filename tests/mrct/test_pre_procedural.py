@@ -106,7 +106,7 @@ def test_mind_svf_is_registered_and_is_the_pipelines_pre_procedural_stage():
 
 
 @pytest.mark.parametrize("bad", [dict(level_factors=(2, 1), steps=(10,)), dict(control_factor=0),
-                                 dict(steps=(-1, 5))])
+                                 dict(steps=(-1, 5)), dict(blur_mm=-0.5)])
 def test_settings_reject_inconsistent_values(bad):
     with pytest.raises(ValueError):
         MindSvfSettings(**bad)

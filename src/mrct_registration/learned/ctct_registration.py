@@ -115,19 +115,19 @@ def synchronise(device: torch.device) -> None:
 
 
 def hole_weight(hole: np.ndarray | None, image_grid: Grid, grid: Grid, margin_mm: float | None) -> torch.Tensor | None:
-    """The similarity weight on working grid ``grid``: 0 within ``margin_mm`` of the probe hole, 1 elsewhere.
+    """The similarity weight on working grid ``grid``: 0 near the probe hole, 1 elsewhere.
 
     ``hole`` (bool, on ``image_grid``) is the metal mask the inpainting filled. None (no hole, or ``margin_mm``
-    None: masking off) gives None. The distance to the hole is computed in mm on the iCT grid and sampled
-    trilinearly at the working grid's voxel centres, so a coarse voxel counts as excluded when its centre lies
-    within ``margin_mm`` of the hole (with a margin of 0: inside it).
+    None: masking off) gives None. The excluded region is every iCT voxel within ``margin_mm`` of the hole (the
+    hole itself with a margin of 0), measured in mm on the iCT grid; a working voxel is excluded when its
+    trilinear sample of that region is above zero, i.e. when it overlaps the region at all.
     """
     if hole is None or margin_mm is None or not hole.any():
         return None
     distance = ndimage.distance_transform_edt(~hole, sampling=tuple(image_grid.spacing_mm[::-1]))
-    sampled = sample_image(Image(distance.astype(np.float32), image_grid), grid.physical_points(), order=1,
-                           fill_value=float(distance.max()))
-    weight = (sampled > margin_mm).astype(np.float32)
+    near = (distance <= margin_mm).astype(np.float32)
+    sampled = sample_image(Image(near, image_grid), grid.physical_points(), order=1, fill_value=0.0)
+    weight = (sampled <= 0.0).astype(np.float32)
     return torch.from_numpy(weight)[None, None]
 
 
@@ -199,17 +199,17 @@ class LearnedCtCtRegistration:
             raise ValueError(f"hole_margin_mm must be >= 0 mm or None, got {hole_margin_mm}")
         if fine_steps and (fine_shape is None or len(fine_shape) != 3 or min(fine_shape) < 4):
             raise GeometryError(f"fine_steps > 0 needs fine_shape: 3 sizes >= 4 (z, y, x), got {fine_shape}")
+        if not refine_blur_mm >= 0:
+            raise ValueError(f"refine_blur_mm must be >= 0, got {refine_blur_mm}")
+        if refine_window is not None and (len(refine_window) != 2 or not refine_window[0] < refine_window[1]):
+            raise GeometryError(f"refine_window must be (low, high) HU with low < high, got {refine_window}")
         self.device = resolve_device(device)
         self.net, self.geometry, self.inpaint = net.eval().to(self.device), geometry, inpaint
         self.refine_steps, self.refine_lr, self.name = refine_steps, refine_lr, name
         self.fine_shape = tuple(int(n) for n in fine_shape) if fine_shape is not None else None
         self.fine_steps, self.fine_lr = fine_steps, fine_lr
         self.hole_margin_mm = hole_margin_mm
-        if not refine_blur_mm >= 0:
-            raise ValueError(f"refine_blur_mm must be >= 0, got {refine_blur_mm}")
         self.refine_blur_mm = refine_blur_mm
-        if refine_window is not None and not refine_window[0] < refine_window[1]:
-            raise GeometryError(f"refine_window must be (low, high) HU with low < high, got {refine_window}")
         self.refine_window = refine_window
 
     def _refine_inputs(self, fixed: Image, moving: Image, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:

@@ -196,11 +196,12 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, e
     from zero mean, border windows of unrelated images still correlate a little; normalise intensities
     (e.g. to zero mean) before training.
 
-    ``weight`` (optional, ``[B, 1, D, H, W]``, values in [0, 1]): a mask of the voxels that count, e.g. 0 in
-    the probe hole of an iCT. Each window's statistics are then weighted sums over its valid voxels only
-    (normalised convolution), so a hole neither adds to nor distorts the correlation of the windows that
-    touch it, and the loss is the weighted mean of cc over the valid voxels. Windows with fewer than one
-    valid voxel's weight count as flat (cc = 0).
+    ``weight`` (optional, ``[B, 1, D, H, W]``, on the images' device): a binary mask, 1 where a voxel counts
+    and 0 where it does not, e.g. in the probe hole of an iCT. Each window's statistics are then sums over its
+    valid voxels only (normalised convolution), so a hole neither adds to nor distorts the correlation of the
+    windows that touch it, and the loss is the mean of cc over the valid voxels. Windows without a valid
+    voxel count as flat (cc = 0). The volume's border then ends the data instead of counting as zero-valued
+    image, so an all-ones mask gives a slightly different loss near the border than no mask.
     """
     if fixed.shape != warped.shape or fixed.ndim != 5 or fixed.shape[1] != 1:
         raise GeometryError(f"fixed and warped must both be [B, 1, D, H, W], got {tuple(fixed.shape)} and {tuple(warped.shape)}")
@@ -221,7 +222,11 @@ def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, e
         return -cc.mean()
     if weight.shape != fixed.shape:
         raise GeometryError(f"weight must have the images' shape {tuple(fixed.shape)}, got {tuple(weight.shape)}")
+    if weight.device != fixed.device:
+        raise ValueError(f"weight is on {weight.device} but the images are on {fixed.device}")
     weight = weight.to(fixed.dtype)
+    if not bool(((weight == 0) | (weight == 1)).all()):
+        raise ValueError("weight must be a binary mask (0 or 1 per voxel)")
     count = box_sum(weight)
     safe = count.clamp_min(1.0)
     f_sum, w_sum = box_sum(weight * fixed), box_sum(weight * warped)
