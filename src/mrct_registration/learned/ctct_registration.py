@@ -124,11 +124,25 @@ def hole_weight(hole: np.ndarray | None, image_grid: Grid, grid: Grid, margin_mm
     """
     if hole is None or margin_mm is None or not hole.any():
         return None
-    distance = ndimage.distance_transform_edt(~hole, sampling=tuple(image_grid.spacing_mm[::-1]))
-    near = (distance <= margin_mm).astype(np.float32)
-    sampled = sample_image(Image(near, image_grid), grid.physical_points(), order=1, fill_value=0.0)
-    weight = (sampled <= 0.0).astype(np.float32)
-    return torch.from_numpy(weight)[None, None]
+    weight = ~overlaps(hole_exclusion(hole, image_grid, margin_mm), image_grid, grid)
+    return torch.from_numpy(weight.astype(np.float32))[None, None]
+
+
+def hole_exclusion(hole: np.ndarray | None, grid: Grid, margin_mm: float) -> np.ndarray | None:
+    """Voxels of ``grid`` within ``margin_mm`` (physical distance) of the ``hole`` mask; None without a hole."""
+    if hole is None or not hole.any():
+        return None
+    if margin_mm == 0:
+        return hole.astype(bool)
+    distance = ndimage.distance_transform_edt(~hole.astype(bool), sampling=tuple(grid.spacing_mm[::-1]))
+    return distance <= margin_mm
+
+
+def overlaps(mask: np.ndarray, image_grid: Grid, grid: Grid) -> np.ndarray:
+    """Voxels of ``grid`` that overlap ``mask`` (bool, on ``image_grid``) at all: a trilinear sample above zero."""
+    sampled = sample_image(Image(mask.astype(np.float32), image_grid), grid.physical_points(), order=1,
+                           fill_value=0.0)
+    return sampled > 0.0
 
 
 def refine_velocity(net: DiffeomorphicRegistrationNet, moving: torch.Tensor, fixed: torch.Tensor,

@@ -48,7 +48,7 @@ from ..baselines.base import Registration, RegistrationResult, StageTimer, check
 from ..errors import GeometryError
 from ..image import Grid, Image
 from ..transforms import DisplacementField, sample_image
-from .ctct_registration import working_grid
+from .ctct_registration import hole_exclusion, overlaps, working_grid
 from .registration_net import SpatialTransformer3d, VecInt
 
 RIGID_INIT = "ants-rigid"
@@ -198,9 +198,8 @@ class MindSvfRegistration:
         with timer.stage("resample"):
             grids = [working_grid(fixed.grid, _shape_for(fixed.grid, f)) for f in s.level_factors]
             fixed_s, moving_s = self._smoothed(fixed), self._smoothed(moving)
-            if exclude is not None and s.blur_mm and exclude.any():  # the blur carries what is excluded 3 sigma out
-                reach = ndimage.distance_transform_edt(~exclude, sampling=tuple(fixed.grid.spacing_mm[::-1]))
-                exclude = reach <= 3.0 * s.blur_mm
+            if exclude is not None and s.blur_mm:  # the blur carries what is excluded 3 sigma out
+                exclude = hole_exclusion(exclude, fixed.grid, 3.0 * s.blur_mm)
             pairs = [self._images_on(grid, fixed_s, moving_s, initial, exclude) for grid in grids]
         with timer.stage("mind"):
             features = [(mind_ssc(f, s.mind_radius, s.mind_dilation), mind_ssc(m, s.mind_radius, s.mind_dilation),
@@ -234,8 +233,7 @@ class MindSvfRegistration:
         if exclude is None:
             fixed_mask = np.ones(grid.shape, dtype=np.float32)
         else:  # a working voxel that overlaps an excluded voxel at all is excluded
-            excluded = sample_image(fixed.with_array(exclude.astype(np.float32)), points, order=1, fill_value=0.0)
-            fixed_mask = (excluded <= 0.0).astype(np.float32)
+            fixed_mask = (~overlaps(exclude, fixed.grid, grid)).astype(np.float32)
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
@@ -297,16 +295,6 @@ class JointRefineSettings:
     def __post_init__(self) -> None:
         if self.hole_margin_mm < 0:
             raise ValueError(f"hole_margin_mm must be >= 0, got {self.hole_margin_mm}")
-
-
-def hole_exclusion(hole: np.ndarray | None, grid: Grid, margin_mm: float) -> np.ndarray | None:
-    """Voxels of ``grid`` within ``margin_mm`` (physical distance) of the ``hole`` mask; None without a hole."""
-    if hole is None or not hole.any():
-        return None
-    if margin_mm == 0:
-        return hole.astype(bool)
-    distance = ndimage.distance_transform_edt(~hole.astype(bool), sampling=tuple(grid.spacing_mm[::-1]))
-    return distance <= margin_mm
 
 
 def joint_refinement(fixed: Image, moving: Image, initial: DisplacementField, hole: np.ndarray | None = None,

@@ -104,7 +104,6 @@ updates small per-domain numpy arrays (no graph objects), so a decision is domin
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -132,7 +131,7 @@ from .channels import (  # noqa: F401 - re-exported: the actors and tests import
     ROOT_CROSSING_EXTRA,
     ROOT_DOMAIN_CHANNELS,
 )
-from .paths import cheapest_all_pairs, dijkstra, widest_bottleneck_all_pairs  # noqa: F401 - re-exported
+from .paths import cheapest_all_pairs, dijkstra, widest_bottleneck_all_pairs, widest_shortest  # noqa: F401 - re-exported
 from .reentry import NO_BOUND, ReentryPlanning, reduce_union
 
 #: snapshots whose per-snapshot arrays are kept (offline replay revisits the same few snapshots)
@@ -595,25 +594,7 @@ class CrossDomainMulticastEnv(ReentryPlanning, ParallelEnv):
         nbr_bw = self._view.nbr_bw[d]
         seg_bw = self._seg_bw[d]
         blocked, seg = self._graft_sources(d)
-        n = len(seg_bw)
-        b = [0.0] * n
-        heap = []
-        for i in seg:
-            b[i] = float(seg_bw[i])
-            heap.append((-b[i], i))
-        heapq.heapify(heap)
-        done = [False] * n
-        while heap:
-            nb, i = heapq.heappop(heap)
-            if done[i]:
-                continue
-            done[i] = True
-            for j, w in nbr_bw[i]:
-                if not blocked[j]:
-                    c = min(-nb, w)
-                    if c > b[j]:
-                        b[j] = c
-                        heapq.heappush(heap, (-c, j))
+        b, _, _ = widest_shortest(nbr_bw, seg, blocked, source_bw=[seg_bw[i] for i in seg])
         return np.array(b), self._segment_hops(nbr_bw, seg, blocked)
 
     def _graft_sources(self, d: int) -> tuple[list[bool], list[int]]:

@@ -58,18 +58,19 @@ def dijkstra(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], blocke
     return dist, pred
 
 
-def widest_shortest(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], blocked: Sequence[bool] | None = None
-            ) -> tuple[list[float], list[float], list[int]]:
+def widest_shortest(nbrs: list[list[tuple[int, float]]], sources: Sequence[int], blocked: Sequence[bool] | None = None,
+                    source_bw: Sequence[float] | None = None) -> tuple[list[float], list[float], list[int]]:
     """Multi-source widest-shortest paths over ``nbrs[i] = [(j, Mb/s), ...]``: per node the widest bottleneck
-    (inf at sources, 0 if unreachable), the fewest hops among the widest paths, and the predecessor (-1 for
-    sources and unreached). Dijkstra ordered by (bottleneck descending, hops ascending); ``blocked`` nodes are
-    never entered."""
+    (0 if unreachable), the fewest hops among the widest paths, and the predecessor (-1 for sources and
+    unreached). Each source starts with its ``source_bw`` entry (default inf: no bottleneck yet), e.g. the
+    bottleneck a tree already has there. Dijkstra ordered by (bottleneck descending, hops ascending);
+    ``blocked`` nodes are never entered."""
     n = len(nbrs)
     bw, hops, pred = [0.0] * n, [math.inf] * n, [-1] * n
     heap = []
-    for i in sources:
-        bw[i], hops[i] = math.inf, 0
-        heap.append((-math.inf, 0, i))
+    for k, i in enumerate(sources):
+        bw[i], hops[i] = (math.inf if source_bw is None else float(source_bw[k])), 0
+        heap.append((-bw[i], 0, i))
     heapq.heapify(heap)
     done = [False] * n
     while heap:
