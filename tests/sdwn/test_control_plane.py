@@ -193,3 +193,29 @@ def test_two_clients_with_the_same_request_ids_get_their_own_trees(lossy_plane):
     assert ta.request_id == tb.request_id == 1000
     validate_tree(lossy_plane.topology.graph, nx.Graph(list(ta.edges)), 1, (6, 16))
     validate_tree(lossy_plane.topology.graph, nx.Graph(list(tb.edges)), 1, (24, 28))
+
+
+def test_a_domain_builds_its_segment_on_the_link_state_report_the_root_planned_on():
+    """Links fail and recover between reports: the segment must use the state of the report the root holds,
+    or the root rejects a valid tree over a link it still believes down (seen as a rare CI failure)."""
+    from sdwn_multicast.control import ChannelTiming, FaultConfig
+    from sdwn_multicast.control.domain import DomainController
+    from sdwn_multicast.control.messages import SegmentRequest, TreeSegment
+    from sdwn_multicast.topology import load_topology
+
+    topo = load_topology("paper30")
+    dc = DomainController(topo, 0, 1.0, FaultConfig(), ChannelTiming())
+    dc.sim.step()
+    seq_up = dc._report().seq
+    nodes = sorted(topo.domain_nodes(0))
+    first = dc._segment(SegmentRequest(1, 0, (nodes[0], *nodes[1:4]), "delay_ms", link_seq=seq_up))
+    assert isinstance(first, TreeSegment) and first.edges
+    u, v = first.edges[0]
+    dc.sim.fail_link(u, v)
+    dc.sim.step()
+    seq_down = dc._report().seq
+    pinned = dc._segment(SegmentRequest(2, 0, (nodes[0], *nodes[1:4]), "delay_ms", link_seq=seq_up))
+    current = dc._segment(SegmentRequest(3, 0, (nodes[0], *nodes[1:4]), "delay_ms", link_seq=seq_down))
+    # the first report's links are kept exactly, so the pinned segment is the first one again
+    assert pinned.edges == first.edges
+    assert isinstance(current, TreeSegment) and (u, v) not in current.edges and (v, u) not in current.edges

@@ -43,6 +43,7 @@ from .openflow import MulticastRules, tree_rules
 from .transport import Channel, ChannelTiming, ControlPlaneError, FaultConfig, open_channel
 
 log = logging.getLogger(__name__)
+REPORTS_KEPT = 16  # link-state reports a domain keeps for segment requests (one per sync period)
 
 
 class DomainController:
@@ -68,6 +69,7 @@ class DomainController:
         self.digest: StateDigest | None = None
         self.rejected = 0
         self.segments: dict[int, TreeSegment] = {}
+        self.reported: dict[int, tuple] = {}  # link_seq -> the links of that report, the latest REPORTS_KEPT
         self.installed: dict[int, TreeCommit] = {}
         self.flow_tables: dict[int, MulticastRules] = {}
         self.root: Channel | None = None
@@ -149,8 +151,11 @@ class DomainController:
     def _report(self) -> LinkStateReport:
         snap = self.sim.snapshot
         self.link_seq += 1
-        return LinkStateReport(self.domain, self.link_seq, time.time(), snap.step,
-                               link_tuples(self.topology, snap, self.my_links), self.incarnation)
+        links = link_tuples(self.topology, snap, self.my_links)
+        self.reported[self.link_seq] = links  # a segment request names the report its plan used
+        while len(self.reported) > REPORTS_KEPT:
+            self.reported.pop(next(iter(self.reported)))
+        return LinkStateReport(self.domain, self.link_seq, time.time(), snap.step, links, self.incarnation)
 
     def _membership(self) -> MembershipReport:
         now = time.monotonic()
@@ -214,14 +219,15 @@ class DomainController:
     def _segment(self, req: SegmentRequest):
         if req.request_id in self.segments:  # idempotent under root retries
             return self.segments[req.request_id]
-        g = graph_from_links(link_tuples(self.topology, self.sim.snapshot, self.my_links)).subgraph(self.nodes)
-        g = nx.Graph(g)
+        # the state the root planned on when it is still kept, else the current one
+        links = self.reported.get(req.link_seq) or link_tuples(self.topology, self.sim.snapshot, self.my_links)
+        g = nx.Graph(graph_from_links(links).subgraph(self.nodes))
         g.add_nodes_from(self.nodes)
         try:
             if req.policy == "marl":
                 from ..marl.serving import snapshot_from_links
 
-                snap = snapshot_from_links(self.topology, link_tuples(self.topology, self.sim.snapshot, self.my_links))
+                snap = snapshot_from_links(self.topology, links)
                 tree = self.domain_agent().segment(snap, req.terminals, req.entries or None)
             else:
                 tree = kmb_tree(g, req.terminals[0], list(req.terminals[1:]), check_weight(req.weight))

@@ -154,6 +154,9 @@ class SegmentRequest:
     A re-entry plan (trained agents whose root may enter a domain more than once) sends ``entries``, pairs
     (entry AP, rank), and ``terminals`` as pairs (AP, bound): the domain answers with the forest of its
     components, each terminal attached to a component of rank < bound (any component for bound 0).
+    ``link_seq`` is the sequence number of the domain's link-state report the root planned on: the domain
+    builds its segment on that same state (links fail and recover between reports), so the root never
+    rejects a segment over a link that came up after the report it holds. 0: the domain's current state.
     """
 
     request_id: int
@@ -162,6 +165,7 @@ class SegmentRequest:
     weight: str
     policy: str = "kmb"  # "kmb" or "marl" (the domain's trained agent grafts the terminals)
     entries: tuple = ()
+    link_seq: int = 0
 
 
 @dataclass(frozen=True)

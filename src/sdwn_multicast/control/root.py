@@ -258,7 +258,9 @@ class RootController:
                 raise ControlPlaneError(f"domain {domain_label(d)} controller is not connected")
             fut = asyncio.get_running_loop().create_future()
             self._segments[(sid, d)] = fut
-            dch.spawn(dch.send(SegmentRequest(sid, d, terms, req.weight, req.policy, entries),
+            entry = self.link_state.get(d)  # the report the plan used: the segment is built on the same state
+            link_seq = entry.seq if entry is not None else 0
+            dch.spawn(dch.send(SegmentRequest(sid, d, terms, req.weight, req.policy, entries, link_seq),
                                timeout_s=self.segment_timeout_s))
             waits[d] = fut
         try:
